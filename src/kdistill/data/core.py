@@ -1,0 +1,144 @@
+"""Splits held as tensors, and a batch iterator without per-sample Python overhead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from kdistill.errors import DataError
+
+
+@dataclass
+class Split:
+    """One split of a classification dataset, held in memory."""
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+    name: str = "train"
+
+    def __post_init__(self) -> None:
+        if self.inputs.shape[0] != self.labels.shape[0]:
+            raise DataError(
+                f"{self.name} split: {self.inputs.shape[0]} inputs but {self.labels.shape[0]} labels"
+            )
+        if self.labels.dtype != torch.long:
+            self.labels = self.labels.long()
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def subset(self, n: int) -> "Split":
+        return Split(self.inputs[:n], self.labels[:n], self.name)
+
+
+@dataclass
+class DataSplits:
+    train: Split
+    val: Split | None
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, ...]
+    class_names: list[str] = field(default_factory=list)
+    identity: str = ""  # names the data for teacher caches: dataset, split sizes, transform
+
+    def __post_init__(self) -> None:
+        for split in (self.train, self.val, self.test):
+            if split is None or len(split) == 0:
+                continue
+            lo, hi = int(split.labels.min()), int(split.labels.max())
+            if lo < 0 or hi >= self.num_classes:
+                raise DataError(
+                    f"{split.name} split has label {hi if hi >= self.num_classes else lo}, outside "
+                    f"0..{self.num_classes - 1}: fix the labels or the class count"
+                )
+
+
+def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Shift each image by up to ``max_shift`` pixels in x and y, filling with zeros (batched)."""
+    n, *_, h, w = images.shape
+    pad = max_shift
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])  # n, h
+    cols = (dx[:, None] + torch.arange(w)[None, :])  # n, w
+    batch_idx = torch.arange(n)[:, None, None]
+    flat = padded.reshape(n, -1, padded.shape[-2], padded.shape[-1])
+    out = flat[batch_idx, :, rows[:, :, None], cols[:, None, :]]  # n, h, w, c
+    return out.permute(0, 3, 1, 2).reshape(images.shape)
+
+
+class Batches:
+    """Iterates a split in (optionally shuffled) batches by tensor slicing.
+
+    The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
+    an uninterrupted run would. Jitter augmentation draws from its own per-epoch generator.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        augment: str = "none",
+        jitter_pixels: int = 2,
+        drop_last: bool = False,
+    ):
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.augment, self.jitter_pixels, self.drop_last = augment, jitter_pixels, drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self) -> torch.Tensor:
+        n = len(self.split)
+        if not self.shuffle:
+            return torch.arange(n)
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return torch.randperm(n, generator=gen)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        order = self.order()
+        aug_gen = torch.Generator().manual_seed(self.seed * 7_000_009 + self.epoch + 1)
+        for b in range(len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            inputs = self.split.inputs[idx]
+            if self.augment == "jitter":
+                inputs = jitter(inputs, self.jitter_pixels, aug_gen)
+            yield {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
+
+
+def build_data(cfg) -> DataSplits:
+    """Build the splits named by a ``DataConfig``."""
+    from kdistill.data import sources
+
+    loaders = {
+        "mnist": sources.mnist,
+        "fashion_mnist": sources.fashion_mnist,
+        "tensors": sources.tensors_file,
+        "image_folder": sources.image_folder,
+    }
+    splits = loaders[cfg.dataset](cfg)
+    if cfg.limit_train:
+        splits.train = splits.train.subset(cfg.limit_train)
+    if cfg.train_on_val and splits.val is not None:
+        splits.train = Split(
+            torch.cat([splits.train.inputs, splits.val.inputs]),
+            torch.cat([splits.train.labels, splits.val.labels]),
+            "train",
+        )
+        splits.val = None
+    splits.identity = (
+        f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
+        f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
+    )
+    return splits

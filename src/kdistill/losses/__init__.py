@@ -1,0 +1,17 @@
+"""Distillation losses: pure functions on tensors, never reaching into a model.
+
+Every loss returns one value *per sample* (``reduction="none"``) or their sum (``"sum"``) or mean
+(``"mean"``). The engine sums per-sample values and divides by the number of samples in the whole
+optimizer step (all micro-batches, all processes), so gradient accumulation and data parallelism
+optimise exactly the same objective as one large batch.
+"""
+
+from kdistill.losses.classification import (
+    Reduction,
+    hard_cross_entropy,
+    kd_objective,
+    reduce,
+    soft_target_kl,
+)
+
+__all__ = ["Reduction", "hard_cross_entropy", "kd_objective", "reduce", "soft_target_kl"]

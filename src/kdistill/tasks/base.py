@@ -1,0 +1,28 @@
+"""The task interface the engine trains through."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+
+class Task(ABC):
+    @abstractmethod
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """The student's logits for a batch."""
+
+    @abstractmethod
+    def count(self, batch: dict) -> int:
+        """How many units (samples, target tokens) the batch contributes to the loss's mean.
+        Known before any forward pass, so an optimizer step normalises by its global total."""
+
+    @abstractmethod
+    def objective(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
+                  batch: dict, hp: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Summed (not averaged) loss over the batch's units, and each summed term."""
+
+    @abstractmethod
+    def evaluate(self, model: nn.Module, batches) -> dict[str, float]:
+        """Held-out metrics of one model (the engine reports them each epoch)."""

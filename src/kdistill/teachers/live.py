@@ -1,0 +1,55 @@
+"""A live teacher: any nn.Module or Hugging Face model run in inference mode for each batch."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Callable
+
+import torch
+from torch import nn
+
+from kdistill.teachers.base import TeacherSource, to_logits
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def weights_hash(model: nn.Module) -> str:
+    """A short hash of the model's parameters and buffers: the teacher's identity."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu").contiguous().view(torch.uint8).numpy().tobytes()
+                 if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+class LiveTeacher(TeacherSource):
+    """Runs the teacher on every batch: eval mode, no autograd, optionally in bf16/fp16 and
+    compiled; it may live on another device than the student (logits come back to the student's).
+    """
+
+    def __init__(self, model: nn.Module, *, num_outputs: int, precision: str = "fp32",
+                 compile: bool = False, device: str | torch.device = "cpu",
+                 output_device: str | torch.device | None = None,
+                 inputs: Callable[[dict], object] | None = None):
+        self.device = torch.device(device)
+        self.output_device = torch.device(output_device) if output_device else self.device
+        self.dtype = _DTYPES[precision]
+        self.model = model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        self.forward = torch.compile(self.model) if compile else self.model
+        self.num_outputs = num_outputs
+        self.inputs = inputs or (lambda batch: batch["inputs"])
+        self.precision = precision
+
+    @torch.inference_mode()
+    def logits(self, batch: dict) -> torch.Tensor:
+        x = self.inputs(batch)
+        if isinstance(x, torch.Tensor):
+            out = self.forward(x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype))
+        else:  # keyword inputs (e.g. input_ids and attention_mask)
+            out = self.forward(**{k: v.to(self.device) for k, v in x.items()})
+        # a clone makes the inference tensor usable by autograd-tracked code downstream
+        return to_logits(out).to(self.output_device, dtype=torch.float32).clone()
+
+    def describe(self) -> dict:
+        return {"kind": "live", "weights_sha256": weights_hash(self.model), "precision": self.precision}
