@@ -85,8 +85,10 @@ class Engine:
         """Fail before any training if teacher, student and data disagree on the outputs."""
         batch = next(iter(self.train_batches))
         probe = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        self.student.eval()  # no dropout draws: the probe must not move the RNG
         with torch.no_grad():
             s = self.task.forward(self.student, probe)
+        self.student.train()
         if self.num_outputs is not None and s.shape[-1] != self.num_outputs:
             raise TrainingError(f"the student predicts {s.shape[-1]} classes but the data has "
                                 f"{self.num_outputs}: set the student's output size to {self.num_outputs}")
@@ -141,18 +143,19 @@ class Engine:
         if self.cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.preflight()
         if resume:
             self._restore()
         else:
             (self.out_dir / METRICS).write_text("")
-        self.preflight()
         self.student.train()
         for epoch in range(self.epoch, self.cfg.train.epochs):
             self.epoch = epoch
             self.train_batches.set_epoch(epoch)
             bar = tqdm(_groups(self.train_batches, self.cfg.train.grad_accum_steps),
                        total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-                       disable=not self.cfg.train.progress, leave=False, dynamic_ncols=True)
+                       disable=None if self.cfg.train.progress else True,  # None: off when not a TTY
+                       leave=False, dynamic_ncols=True, mininterval=0.5)
             t0 = time.perf_counter()
             with open(self.out_dir / METRICS, "a") as log:
                 for group in bar:
@@ -162,7 +165,7 @@ class Engine:
                     self.step += 1
                     if self.step % self.cfg.train.log_every_steps == 0 or terms is None:
                         log.write(json.dumps(record) + "\n")
-                    if terms:
+                    if terms and self.step % 20 == 0:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                          if k in ("loss", "soft", "hard", "temperature")})
             self.epoch = epoch + 1

