@@ -57,3 +57,24 @@ def test_cli_prints_one_line_error_and_exits_2(tmp_path):
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "train.epochs" in lines[0] and "Traceback" not in proc.stderr
+
+
+def test_class_count_mismatch_is_a_one_line_cli_error(tmp_path):
+    """A 3-class dataset with the 10-class bundled teacher stops before any training."""
+    import torch
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    save_file({"train_inputs": torch.rand(30, 1, 28, 28, generator=g), "train_labels": torch.arange(30) % 3,
+               "test_inputs": torch.rand(9, 1, 28, 28, generator=g), "test_labels": torch.arange(9) % 3},
+              tmp_path / "three.safetensors")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data: {{dataset: tensors, path: {tmp_path / 'three.safetensors'}, val_size: 0}}\n"
+                   "teacher: {model: {arch: pretrained, name: ccexam-mnist}}\n"
+                   f"train: {{epochs: 1, output_dir: {tmp_path / 'run'}}}\n")
+    proc = subprocess.run([sys.executable, "-m", "kdistill", "distill", str(cfg)],
+                          capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "10 classes" in lines[0] and "3 classes" in lines[0]
+    assert not (tmp_path / "run" / "distilled" / "checkpoint.pt").exists()
