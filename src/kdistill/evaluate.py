@@ -128,10 +128,10 @@ def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 100) -> tu
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, inputs: torch.Tensor, repeats: int = 5) -> float:
+def throughput(model: nn.Module, inputs: torch.Tensor, repeats: int = 10) -> float:
     """Samples per second at batch ``len(inputs)``: the median of ``repeats`` timed passes."""
     model.eval()
-    return len(inputs) / statistics.median(time_calls(lambda: model(inputs), repeats, warmup=1))
+    return len(inputs) / statistics.median(time_calls(lambda: model(inputs), repeats, warmup=2))
 
 
 # ---------------------------------------------------------------- comparison
@@ -158,7 +158,7 @@ class ModelReport:
 
 def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None = "teacher",
             timing_sample: torch.Tensor | None = None, throughput_batch: int = 1000,
-            latency_repeats: int = 100, throughput_repeats: int = 5) -> list[ModelReport]:
+            latency_repeats: int = 100, throughput_repeats: int = 10) -> list[ModelReport]:
     """Evaluate each model on the same batches; agreement and KL are against ``teacher``.
 
     ``timing_sample``: inputs for the CPU timings, its first row for latency at batch 1 and up to
@@ -227,7 +227,7 @@ COLUMNS = [
     ("test errors", "errors", "int"), ("NLL", "nll", "float"), ("ECE", "ece", "float"),
     ("agree w/ teacher", "agreement", "pct"), ("KL to teacher", "kl_to_teacher", "float"),
     ("params", "parameters", "int"), ("size", "size_bytes", "mb"),
-    ("latency b1 (median)", "latency_ms_b1", "ms"), ("latency b1 p95", "latency_ms_b1_p95", "ms"),
+    ("latency b1", "latency_ms_b1", "ms"), ("p95", "latency_ms_b1_p95", "ms"),
     ("throughput", "throughput_per_s", "rate"),
 ]
 
