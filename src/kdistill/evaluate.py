@@ -287,7 +287,9 @@ def verdict(rows: list[ModelReport] | list[dict]) -> tuple[bool | None, str]:
     if "teacher" in dicts:
         t, _ = acc("teacher")
         text += f" The teacher reaches {100 * t:.2f}%"
-        if t > s:
+        if d >= t:
+            text += "; the distilled student matches or beats it"
+        elif t > s:
             text += f"; the distilled student closes {100 * (d - s) / (t - s):.0f}% of the scratch-to-teacher gap"
         tp, dp = dicts["teacher"]["parameters"], dicts["distilled"]["parameters"]
         tp, dp = (tp["mean"], dp["mean"]) if isinstance(tp, dict) else (tp, dp)

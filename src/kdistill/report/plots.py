@@ -201,7 +201,7 @@ def per_class(report: RunReport) -> Figure:
     ax.set_ylim(max(0.0, math.floor(low - 2)), 100.5)
     ax.set_ylabel("accuracy (%)")
     ax.set_title("per-class test accuracy")
-    ax.legend(fontsize=8, ncol=len(roles))
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -224,6 +224,9 @@ def _scatter(report: RunReport, key: str, scale: float, xlabel: str, title: str)
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.ticklabel_format(axis="x", useOffset=False)
     if not xs:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
