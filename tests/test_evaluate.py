@@ -1,6 +1,7 @@
 """Metric functions against hand-computed values; the comparison and its summaries."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -9,7 +10,7 @@ from torch import nn
 from kdistill.evaluate import (
     ModelReport, aggregate_rows, agreement, compare, ece_from_curve, entropy_sum,
     expected_calibration_error, format_cell, format_table, kl_to, nll, per_class_accuracy,
-    reliability_curve, table_cells, top_k_accuracy, verdict,
+    reliability_curve, table_cells, time_calls, top_k_accuracy, verdict,
 )
 from kdistill.tasks import ClassificationTask
 
@@ -135,3 +136,11 @@ def test_format_cell_and_verdict_single_run():
     assert "distilled" in format_table(rows, "t")
     held, text = verdict([_row("scratch", 0.97), _row("distilled", 0.95)])
     assert held is False and "did not pay" in text
+
+
+def test_time_calls_repeats_and_budget():
+    calls = []
+    times = time_calls(lambda: calls.append(1), repeats=7, warmup=2)
+    assert len(times) == 7 and len(calls) == 9
+    slow = time_calls(lambda: time.sleep(0.01), repeats=100, warmup=0, budget_s=0.0, min_repeats=3)
+    assert len(slow) == 3 and min(slow) >= 0.009

@@ -101,15 +101,21 @@ def model_bytes(model: nn.Module) -> int:
     return len(save_bytes({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}))
 
 
-def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+def time_calls(fn: Callable[[], object], repeats: int, warmup: int = 3,
+               budget_s: float | None = None, min_repeats: int = 3) -> list[float]:
+    """Wall-clock seconds of up to ``repeats`` calls of ``fn`` after ``warmup`` untimed calls;
+    with ``budget_s``, stops once that much time is spent and ``min_repeats`` calls are timed
+    (a big model on a slow machine then costs seconds, not minutes)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times: list[float] = []
+    start = time.perf_counter()
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
+        if budget_s is not None and len(times) >= min_repeats and time.perf_counter() - start > budget_s:
+            break
     return times
 
 
@@ -119,19 +125,23 @@ def percentile(values: list[float], q: float) -> float:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 100) -> tuple[float, float]:
-    """CPU latency of one forward pass at batch 1, in milliseconds: (median, p95)."""
+def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 100,
+               budget_s: float = 2.0) -> tuple[float, float]:
+    """CPU latency of one forward pass at batch 1, in milliseconds: (median, p95) of up to
+    ``repeats`` passes (fewer, at least 3, when they take over ``budget_s``)."""
     model.eval()
     x = sample[:1]
-    times = time_calls(lambda: model(x), repeats, warmup=5)
+    times = time_calls(lambda: model(x), repeats, warmup=5, budget_s=budget_s)
     return statistics.median(times) * 1e3, percentile(times, 95) * 1e3
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, inputs: torch.Tensor, repeats: int = 10) -> float:
-    """Samples per second at batch ``len(inputs)``: the median of ``repeats`` timed passes."""
+def throughput(model: nn.Module, inputs: torch.Tensor, repeats: int = 10, budget_s: float = 2.0) -> float:
+    """Samples per second at batch ``len(inputs)``: the median of up to ``repeats`` timed passes
+    (fewer, at least 3, when they take over ``budget_s``)."""
     model.eval()
-    return len(inputs) / statistics.median(time_calls(lambda: model(inputs), repeats, warmup=2))
+    times = time_calls(lambda: model(inputs), repeats, warmup=1, budget_s=budget_s)
+    return len(inputs) / statistics.median(times)
 
 
 # ---------------------------------------------------------------- comparison
