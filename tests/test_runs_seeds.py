@@ -58,3 +58,19 @@ def test_compare_over_seeds_reports_mean_and_std(tmp_path, capsys):
         assert (out / f"{run}report.html").is_file()
     page = (out / "report.html").read_text()
     assert "over 2 seeds [3, 4]" in page and page.count('<figure id="plot-') == 6
+
+    # the multi-seed report is rebuilt from the seed folders, and names a damaged one
+    argv, sys.argv = sys.argv, ["kdistill", "report", str(out)]
+    try:
+        (out / "seed_4" / "comparison.json").unlink()
+        with pytest.raises(SystemExit) as stop:
+            cli.main()
+        assert stop.value.code == 2
+        assert "seed_4/comparison.json is missing" in capsys.readouterr().err
+        summary["runs"] = ["../elsewhere"]
+        (out / "comparison.json").write_text(json.dumps(summary))
+        with pytest.raises(SystemExit):
+            cli.main()
+        assert "'runs' must list the seed folders" in capsys.readouterr().err
+    finally:
+        sys.argv = argv

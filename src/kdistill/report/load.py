@@ -124,9 +124,11 @@ def load_run(run_dir: str | Path) -> RunReport:
     RunConfig.from_yaml(config)  # a damaged config fails here, naming the file and field
     if "runs" in top:
         names = _field(top, "runs", path / "comparison.json")
-        runs = [read_single(path / str(name)) for name in names]
-        if not runs:
-            raise ReportError(f"{path / 'comparison.json'} is damaged (an empty 'runs' list): {REBUILD}")
+        if not names or not all(isinstance(n, str) and Path(n).name == n and n not in (".", "..")
+                                for n in names):
+            raise ReportError(f"{path / 'comparison.json'} is damaged ('runs' must list the seed "
+                              f"folders inside the run directory): {REBUILD}")
+        runs = [read_single(path / name) for name in names]
     else:
         runs = [read_single(path)]
     return RunReport(path=path, name=runs[0].name, config_text=config.read_text(), runs=runs,
