@@ -17,7 +17,6 @@ pytest.importorskip("matplotlib")
 
 from kdistill import cli  # noqa: E402
 from kdistill.config import RunConfig  # noqa: E402
-from kdistill.report import write_report  # noqa: E402
 from kdistill.report.plots import FIGURES  # noqa: E402
 from kdistill.runs import run_comparison  # noqa: E402
 

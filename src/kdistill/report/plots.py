@@ -69,11 +69,11 @@ def learning_curves(report: RunReport) -> Figure:
     many = len(report.runs) > 1
     for ax, role in zip(axes, roles):
         for run_i, run in enumerate(report.runs):
-            steps = run.curves.get(role, None)
-            if steps is None:
+            if role not in run.curves:
                 continue
-            for i, term in enumerate(_terms(steps.steps)):
-                x, y = _series(steps.steps, term)
+            steps = run.curves[role].steps
+            for i, term in enumerate(_terms(steps)):
+                x, y = _series(steps, term)
                 if not len(x):
                     continue
                 if not many:
@@ -88,7 +88,7 @@ def learning_curves(report: RunReport) -> Figure:
     ax = axes[-1]
     for role in roles:
         for run_i, run in enumerate(report.runs):
-            evals = run.curves.get(role).evals if role in run.curves else []
+            evals = run.curves[role].evals if role in run.curves else []
             pts = [(e["epoch"], 100 * e["val_accuracy"]) for e in evals if "val_accuracy" in e]
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=_color(role), alpha=0.7 if many else 1.0,
