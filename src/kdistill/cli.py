@@ -31,12 +31,25 @@ def _print_rows(rows, title: str) -> None:
     typer.echo(format_table(rows, title))
 
 
+SEEDS = typer.Option(1, min=1, help="run the comparison over N seeds (seed, seed+1, ...) in "
+                                   "OUTPUT_DIR/seed_K/ and report mean ± std at the last epoch")
+
+
+def _compare(cfg: RunConfig, seeds: int, title: str) -> None:
+    from kdistill.runs import run_comparison, run_seeds
+
+    if seeds > 1:
+        _print_rows(run_seeds(cfg, seeds), f"{title}, mean ± std over {seeds} seeds")
+    else:
+        _print_rows(run_comparison(cfg), title)
+    typer.echo(f"report: {Path(cfg.train.output_dir) / 'report.html'}")
+
+
 @app.command()
 def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goes"),
-         epochs: Optional[int] = typer.Option(None, help="override the demo's epochs")) -> None:
+         epochs: Optional[int] = typer.Option(None, help="override the demo's epochs"),
+         seeds: int = SEEDS) -> None:
     """The embedded default: distil the bundled MNIST CNN into a small MLP, with the proof."""
-    from kdistill.runs import run_comparison
-
     text = resources.files("kdistill.presets").joinpath("mnist_demo.yaml").read_text()
     import yaml
 
@@ -45,8 +58,7 @@ def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goe
         cfg.train.output_dir = output_dir
     if epochs is not None:
         cfg.train.epochs = epochs
-    rows = run_comparison(cfg)
-    _print_rows(rows, f"{cfg.name}: MNIST test set (10,000 images)")
+    _compare(cfg, seeds, f"{cfg.name}: MNIST test set (10,000 images)")
     typer.echo(f"run directory: {cfg.train.output_dir}")
 
 
@@ -84,12 +96,20 @@ def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)
 
 
 @app.command()
-def compare(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)) -> None:
-    """Everything in one go: teacher (if untrained), scratch, distilled, comparison."""
-    from kdistill.runs import run_comparison
-
+def compare(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None),
+            seeds: int = SEEDS) -> None:
+    """Everything in one go: teacher (if untrained), scratch, distilled, comparison, report."""
     cfg = _load(config, output_dir)
-    _print_rows(run_comparison(cfg), f"{cfg.name}: test split")
+    _compare(cfg, seeds, f"{cfg.name}: test split")
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run's output directory")) -> None:
+    """Rebuild RUN_DIR/report.html from the run's files (comparison.json, config.yaml, the
+    metrics.jsonl of each role): nothing is re-trained."""
+    from kdistill.report import write_report
+
+    typer.echo(f"report: {write_report(run_dir)}")
 
 
 def main() -> None:

@@ -112,6 +112,13 @@ class OptimConfig(Strict):
     max_grad_norm: Optional[float] = Field(None, gt=0)
 
 
+class LogConfig(Strict):
+    """Trackers beside the always-on metrics.jsonl (they need the `track` extra)."""
+
+    tensorboard: bool = Field(False, description="event files in <role dir>/tensorboard")
+    mlflow: bool = Field(False, description="runs in the sqlite store <output_dir>/mlflow.db")
+
+
 class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
@@ -122,6 +129,7 @@ class TrainConfig(Strict):
     log_every_steps: int = Field(1, gt=0, description="JSONL metrics every N optimizer steps")
     progress: bool = True
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    log: LogConfig = Field(default_factory=LogConfig)
 
 
 class RunConfig(Strict):

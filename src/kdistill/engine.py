@@ -25,9 +25,11 @@ from tqdm.auto import tqdm
 from kdistill.checkpoint import load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
 from kdistill.errors import CheckpointError, TrainingError
+from kdistill.evaluate import entropy_sum
 from kdistill.schedules import as_schedule
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import TeacherSource
+from kdistill.tracking import StepLogger, open_loggers
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -54,8 +56,10 @@ class Engine:
 
     def __init__(self, cfg: RunConfig, student: nn.Module, task: Task, train_batches,
                  val_batches=None, teacher: TeacherSource | None = None,
-                 out_dir: str | Path | None = None, num_outputs: int | None = None):
+                 out_dir: str | Path | None = None, num_outputs: int | None = None,
+                 loggers: list[StepLogger] | None = None):
         self.cfg, self.task, self.teacher = cfg, task, teacher
+        self.loggers = list(loggers or [])  # fed beside metrics.jsonl and the config's trackers
         self.device = torch.device(cfg.train.device)
         self.student = student.to(self.device)
         self.train_batches, self.val_batches = train_batches, val_batches
@@ -120,6 +124,8 @@ class Engine:
             with self._autocast():
                 student_logits = self.task.forward(self.student, batch)
             loss, terms = self.task.objective(student_logits.float(), teacher_logits, batch, hp)
+            if teacher_logits is not None:  # how soft the targets are: logged as teacher_entropy
+                terms = {**terms, "teacher_entropy": entropy_sum(teacher_logits, hp["temperature"])}
             if not torch.isfinite(loss):
                 described = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
                 if self.cfg.train.on_nonfinite == "stop":
@@ -138,7 +144,20 @@ class Engine:
         return {k: v / total for k, v in sums.items()}
 
     def fit(self, resume: bool = False) -> list[dict]:
-        """Train to the configured number of epochs; returns per-epoch evaluation records."""
+        """Train to the configured number of epochs; returns per-epoch evaluation records.
+        Every step and epoch record goes to metrics.jsonl and to each logger (``self.loggers``
+        and the trackers ``train.log`` turns on), which are closed however the run ends."""
+        active = [*open_loggers(self.cfg, self.out_dir), *self.loggers]
+        failed = True
+        try:
+            history = self._fit(resume, active)
+            failed = False
+            return history
+        finally:
+            for logger in active:
+                logger.close(failed=failed)
+
+    def _fit(self, resume: bool, loggers: list[StepLogger]) -> list[dict]:
         torch.manual_seed(self.cfg.seed)
         if self.cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
@@ -165,6 +184,8 @@ class Engine:
                     self.step += 1
                     if self.step % self.cfg.train.log_every_steps == 0 or terms is None:
                         log.write(json.dumps(record) + "\n")
+                        for logger in loggers:
+                            logger.log_step(record)
                     if terms and self.step % 20 == 0:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                          if k in ("loss", "soft", "hard", "temperature")})
@@ -175,6 +196,8 @@ class Engine:
             self.history.append(summary)
             with open(self.out_dir / METRICS, "a") as log:
                 log.write(json.dumps({"eval": summary}) + "\n")
+            for logger in loggers:
+                logger.log_eval(summary)
             if self.cfg.train.progress:
                 tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
@@ -191,7 +214,7 @@ class Engine:
             "torch_rng": torch.get_rng_state(),
             "hparams": self.hparams(self.step),
             "history": json.dumps(self.history),
-            "config_fingerprint": self.cfg.fingerprint(exclude=("train.epochs", "train.progress")),
+            "config_fingerprint": self.cfg.fingerprint(exclude=("train.epochs", "train.progress", "train.log")),
         }
 
     def _save(self) -> None:
@@ -199,7 +222,7 @@ class Engine:
 
     def _restore(self) -> None:
         state = load_checkpoint(self.out_dir / CHECKPOINT)
-        if state["config_fingerprint"] != self.cfg.fingerprint(exclude=("train.epochs", "train.progress")):
+        if state["config_fingerprint"] != self.cfg.fingerprint(exclude=("train.epochs", "train.progress", "train.log")):
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by a different config; "
                                   "resume with the same config (only train.epochs may change)")
         self.student.load_state_dict(state["student"])

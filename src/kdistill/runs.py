@@ -7,7 +7,9 @@ config, so the baseline and the distilled student differ only in the teacher.
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +20,15 @@ from torch import nn
 from kdistill.checkpoint import atomic_write, atomic_write_text
 from kdistill.config import RunConfig
 from kdistill.data import Batches, DataSplits, build_data
-from kdistill.engine import Engine
+from kdistill.engine import METRICS, Engine
 from kdistill.errors import ConfigError
-from kdistill.evaluate import ModelReport, compare, rows_as_dicts
+from kdistill.evaluate import ModelReport, aggregate_rows, compare, rows_as_dicts
 from kdistill.models import build_model, count_parameters, load_weights
 from kdistill.tasks import ClassificationTask
 from kdistill.teachers import LiveTeacher, TeacherSource
 
 STUDENT_WEIGHTS = "model.safetensors"
+COMPARISON = "comparison.json"
 
 
 @dataclass
@@ -147,7 +150,8 @@ def load_role(cfg: RunConfig, role: str, data: DataSplits) -> nn.Module | None:
 
 
 def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelReport]:
-    """Compare the run's teacher, scratch and distilled students on the test split."""
+    """Compare the run's teacher, scratch and distilled students on the test split; write
+    comparison.json (everything the report plots, so it never re-trains) and report.html."""
     data = data or build_data(cfg.data)
     models = {role: m for role in ROLES if (m := load_role(cfg, role, data)) is not None}
     if not models:
@@ -156,10 +160,26 @@ def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelRe
     test = Batches(data.test, cfg.data.eval_batch_size)
     rows = compare(models, ClassificationTask(data.num_classes), test,
                    teacher="teacher" if "teacher" in models else None,
-                   timing_sample=data.test.inputs[:1])
-    atomic_write_text(Path(cfg.train.output_dir) / "comparison.json",
-                      json.dumps({"split": "test", "models": rows_as_dicts(rows)}, indent=2))
+                   timing_sample=data.test.inputs[:cfg.data.eval_batch_size])
+    out = Path(cfg.train.output_dir)
+    logs = {role: f"{role}/{METRICS}" if (out / role / METRICS).is_file() else None for role in models}
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    atomic_write_text(out / COMPARISON, json.dumps({
+        "name": cfg.name, "seed": cfg.seed, "split": "test", "samples": len(data.test),
+        "class_names": data.class_names or [str(c) for c in range(data.num_classes)],
+        "logs": logs, "models": rows_as_dicts(rows)}, indent=2))
+    _write_report(out)
     return rows
+
+
+def _write_report(out: Path) -> None:
+    """The HTML report beside comparison.json; without matplotlib (the `report` extra) a note."""
+    if importlib.util.find_spec("matplotlib") is None:
+        print(f"note: no report.html in {out}: install kdistill[report] for matplotlib", file=sys.stderr)
+        return
+    from kdistill.report import write_report
+
+    write_report(out)
 
 
 def run_comparison(cfg: RunConfig) -> list[ModelReport]:
@@ -171,3 +191,29 @@ def run_comparison(cfg: RunConfig) -> list[ModelReport]:
     train(cfg, role="scratch", data=data)
     distill(cfg, data=data)
     return evaluate_run(cfg, data)
+
+
+def seed_config(cfg: RunConfig, seed: int) -> RunConfig:
+    """The config of one seed of a multi-seed run: its own seed and OUT/seed_<seed>/."""
+    one = cfg.model_copy(deep=True)
+    one.seed = seed
+    one.train.output_dir = Path(cfg.train.output_dir) / f"seed_{seed}"
+    return one
+
+
+def run_seeds(cfg: RunConfig, seeds: int) -> list[dict]:
+    """``run_comparison`` over seeds cfg.seed, cfg.seed+1, ... in OUT/seed_<k>/; OUT/comparison.json
+    and OUT/report.html give each metric of the last-epoch models as mean ± std over the seeds."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}")
+    configs = [seed_config(cfg, cfg.seed + k) for k in range(seeds)]
+    runs = [run_comparison(c) for c in configs]
+    out = Path(cfg.train.output_dir)
+    aggregate = aggregate_rows(runs)
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
+    atomic_write_text(out / COMPARISON, json.dumps({
+        "name": cfg.name, "split": "test", "seeds": [c.seed for c in configs],
+        "runs": [Path(c.train.output_dir).name for c in configs], "epoch": "last",
+        "models": aggregate}, indent=2))
+    _write_report(out)
+    return aggregate
