@@ -68,16 +68,22 @@ def kd_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """w_soft * soft_target_kl + w_hard * hard_cross_entropy.
 
+    ``teacher_logits`` is a dense tensor or a ``TopKLogits`` (a top-k cache): the soft term is then
+    ``topk_soft_target_kl``, so every teacher source goes through this one call.
+
     Returns the total and the unweighted terms (for logging: a soft term 1000x smaller than the
     hard one makes its weight meaningless, and only logging each term shows it). A term whose
     weight is zero, or whose input is missing, is not computed.
     """
+    from kdistill.losses.topk import TopKLogits, topk_soft_target_kl  # topk builds on this module
+
     terms: dict[str, torch.Tensor] = {}
     total = student_logits.new_zeros(() if reduction != "none" else student_logits.shape[:1])
     if soft_weight != 0.0:
         if teacher_logits is None:
             raise ValueError("soft_weight is non-zero but no teacher logits were given")
-        terms["soft"] = soft_target_kl(student_logits, teacher_logits, temperature, reduction)
+        soft = topk_soft_target_kl if isinstance(teacher_logits, TopKLogits) else soft_target_kl
+        terms["soft"] = soft(student_logits, teacher_logits, temperature, reduction)
         total = total + soft_weight * terms["soft"]
     if hard_weight != 0.0:
         if labels is None:
