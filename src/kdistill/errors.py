@@ -23,3 +23,7 @@ class CheckpointError(KDistillError):
 
 class TrainingError(KDistillError):
     pass
+
+
+class CacheError(KDistillError):
+    """A teacher cache that is missing, damaged, or written for other data, teacher or settings."""
