@@ -108,3 +108,35 @@ def test_shape_mismatch_is_refused():
     teacher = TopKLogits.from_logits(torch.randn(3, 10), 2)
     with pytest.raises(ValueError, match="same classes"):
         topk_soft_target_kl(torch.randn(3, 12), teacher, 1.0)
+
+
+def test_a_tail_without_mass_gives_finite_loss_and_gradients():
+    s = torch.randn(3, 10, dtype=torch.float64, requires_grad=True)
+    teacher = TopKLogits.from_logits(torch.randn(3, 10, dtype=torch.float64), 4)
+    teacher.log_tail = torch.full((3,), -math.inf, dtype=torch.float64)
+    loss = topk_soft_target_kl(s, teacher, 2.0, "sum")
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(s.grad).all()
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+def test_dense_kd_reductions_agree(reduction):
+    g = torch.Generator().manual_seed(5)
+    s, z = torch.randn(6, 10, generator=g, dtype=torch.float64), torch.randn(6, 10, generator=g, dtype=torch.float64)
+    per_sample = soft_target_kl(s, z, 3.0, "none")
+    want = {"none": per_sample, "sum": per_sample.sum(), "mean": per_sample.mean()}[reduction]
+    torch.testing.assert_close(soft_target_kl(s, z, 3.0, reduction), want)
+    torch.testing.assert_close(topk_soft_target_kl(s, TopKLogits.from_logits(z, 4), 3.0, reduction),
+                               {"none": lambda x: x, "sum": torch.sum, "mean": torch.mean}[reduction](
+                                   topk_soft_target_kl(s, TopKLogits.from_logits(z, 4), 3.0, "none")))
+
+
+@pytest.mark.parametrize("t", [0.5, 4.0])
+def test_dense_kd_matches_float64_reference_and_gradcheck(t):
+    g = torch.Generator().manual_seed(6)
+    s = torch.randn(5, 10, generator=g, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(5, 10, generator=g, dtype=torch.float64) * 3
+    got = soft_target_kl(s, z, t, "none").detach().numpy()
+    np.testing.assert_allclose(got, reference(s.detach().numpy(), z.numpy(), 10, t), rtol=1e-10, atol=1e-12)
+    for reduction in ("sum", "mean"):
+        assert torch.autograd.gradcheck(lambda x: soft_target_kl(x, z, t, reduction), (s,))
