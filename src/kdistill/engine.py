@@ -128,7 +128,7 @@ class Engine:
                         "lower the learning rate or set train.on_nonfinite: skip")
                 self.optimizer.zero_grad(set_to_none=True)
                 return None
-            (loss / total).backward()
+            loss.backward(torch.full_like(loss, 1.0 / total))  # = (loss / total).backward(), one node fewer
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
