@@ -86,6 +86,16 @@ def distill(config: Path = CONFIG,
     typer.echo(f"saved {result.out_dir}")
 
 
+@app.command("cache-teacher")
+def cache_teacher(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)) -> None:
+    """Run the teacher once over the training split and write its outputs to teacher.path."""
+    from kdistill.teachers.cache import cache_teacher as write
+
+    cached = write(_load(config, output_dir))
+    typer.echo(f"wrote {cached.path}: {cached.rows} samples, {cached.format} {cached.dtype}"
+               f"{f' k={cached.k}' if cached.k else ''}, {cached.bytes_per_sample:.0f} bytes per sample")
+
+
 @app.command("eval")
 def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)) -> None:
     """Compare the run's teacher, scratch and distilled students on the test split."""

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_validator)
 
 from kdistill.errors import ConfigError
 from kdistill.schedules import ScheduleSpec, as_schedule
@@ -83,8 +84,35 @@ class LiveTeacherConfig(Strict):
     device: Optional[str] = Field(None, description="defaults to the student's device")
 
 
-# One kind now; more teacher sources join as a discriminated union on ``kind``.
-TeacherConfig = LiveTeacherConfig
+class CacheTeacherConfig(Strict):
+    """Teacher outputs read from a cache on disk, written once by ``kdistill cache-teacher``."""
+
+    kind: Literal["cache"] = "cache"
+    path: Path = Field(..., description="the cache folder (written by `kdistill cache-teacher`)")
+    model: Optional[ModelSpec] = Field(None, description="the teacher that cache-teacher runs")
+    format: Literal["dense", "topk"] = Field("dense", description="topk: k classes + tail mass")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="how outputs are stored")
+    k: Optional[int] = Field(None, gt=0, description="classes kept per sample when format is topk")
+    verify_checksum: bool = Field(True, description="hash the cache files before training")
+
+    @model_validator(mode="after")
+    def _k_with_topk(self):
+        if self.format == "topk" and self.k is None:
+            raise ValueError("format 'topk' needs k (the number of classes kept per sample)")
+        if self.format == "dense" and self.k is not None:
+            raise ValueError("k applies to format 'topk' only: remove k or set format: topk")
+        return self
+
+
+def _teacher_kind(value) -> str:
+    """A teacher section without ``kind`` is a live teacher (as before caches existed)."""
+    return value.get("kind", "live") if isinstance(value, dict) else getattr(value, "kind", "live")
+
+
+TeacherConfig = Annotated[
+    Union[Annotated[LiveTeacherConfig, Tag("live")], Annotated[CacheTeacherConfig, Tag("cache")]],
+    Discriminator(_teacher_kind),
+]
 
 
 # ---------------------------------------------------------------- loss, optimizer, training

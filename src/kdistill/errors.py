@@ -27,3 +27,7 @@ class TrainingError(KDistillError):
 
 class ReportError(KDistillError):
     pass
+
+
+class CacheError(KDistillError):
+    """A teacher cache that is missing, damaged, or written for other data, teacher or settings."""

@@ -25,7 +25,7 @@ from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, aggregate_rows, compare, rows_as_dicts
 from kdistill.models import build_model, count_parameters, load_weights
 from kdistill.tasks import ClassificationTask
-from kdistill.teachers import LiveTeacher, TeacherSource
+from kdistill.teachers import LiveTeacher, TeacherSource, cache_teacher, open_cache
 
 STUDENT_WEIGHTS = "model.safetensors"
 COMPARISON = "comparison.json"
@@ -60,6 +60,9 @@ def teacher_model(cfg: RunConfig, data: DataSplits) -> nn.Module:
     if cfg.teacher is None:
         raise ConfigError("this needs a teacher: add a `teacher:` section to the config")
     spec = cfg.teacher.model
+    if spec is None:
+        raise ConfigError("teacher.model is not set: name the teacher model (a cache teacher needs it "
+                          "only to write the cache)")
     model = build_model(spec, data.input_shape, data.num_classes)
     if spec.weights is None and spec.arch != "pretrained":
         trained = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
@@ -72,6 +75,8 @@ def teacher_model(cfg: RunConfig, data: DataSplits) -> nn.Module:
 
 def build_teacher(cfg: RunConfig, data: DataSplits) -> TeacherSource:
     t = cfg.teacher
+    if t.kind == "cache":
+        return open_cache(cfg, data)
     model = teacher_model(cfg, data)
     return LiveTeacher(model, num_outputs=data.num_classes, precision=t.precision, compile=t.compile,
                        device=t.device or cfg.train.device, output_device=cfg.train.device)
@@ -85,12 +90,12 @@ def save_model(model: nn.Module, path: Path) -> None:
 def _run(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module | None,
          data: DataSplits | None, resume: bool, out_dir: Path | None) -> RunResult:
     data = data or build_data(cfg.data)
+    torch.manual_seed(cfg.seed)  # before the student's initialisation: same seed, same student
     if student is None:
         student = build_model(cfg.student, data.input_shape, data.num_classes)
     out_dir = Path(out_dir or cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-    torch.manual_seed(cfg.seed)
     train_batches, val_batches = batches(cfg, data)
     task = ClassificationTask(data.num_classes, cfg.train.device)
     engine = Engine(cfg, student, task, train_batches, val_batches, teacher=teacher,
@@ -112,8 +117,8 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
         raise ConfigError(f"role must be 'scratch' or 'teacher', got {role!r}")
     data = data or build_data(cfg.data)
     if role == "teacher":
-        if cfg.teacher is None:
-            raise ConfigError("--role teacher needs a `teacher:` section in the config")
+        if cfg.teacher is None or cfg.teacher.model is None:
+            raise ConfigError("--role teacher needs a `teacher:` section with teacher.model in the config")
         if cfg.teacher.model.arch == "pretrained":
             raise ConfigError("teacher.model is a bundled pretrained model: it needs no training")
         student = build_model(cfg.teacher.model.model_copy(update={"weights": None}),
@@ -186,8 +191,12 @@ def run_comparison(cfg: RunConfig) -> list[ModelReport]:
     """The whole proof: (train the teacher if needed), the scratch student, the distilled
     student, then the comparison on the test split."""
     data = build_data(cfg.data)
-    if cfg.teacher is not None and cfg.teacher.model.arch != "pretrained" and cfg.teacher.model.weights is None:
+    spec = cfg.teacher.model if cfg.teacher is not None else None
+    trained = spec is not None and spec.arch != "pretrained" and spec.weights is None
+    if trained:
         train(cfg, role="teacher", data=data)
+    if cfg.teacher is not None and cfg.teacher.kind == "cache" and (trained or not Path(cfg.teacher.path).exists()):
+        cache_teacher(cfg, data)  # a freshly trained teacher makes any older cache stale
     train(cfg, role="scratch", data=data)
     distill(cfg, data=data)
     return evaluate_run(cfg, data)

@@ -13,5 +13,7 @@ from kdistill.losses.classification import (
     reduce,
     soft_target_kl,
 )
+from kdistill.losses.topk import TopKLogits, topk_soft_target_kl
 
-__all__ = ["Reduction", "hard_cross_entropy", "kd_objective", "reduce", "soft_target_kl"]
+__all__ = ["Reduction", "TopKLogits", "hard_cross_entropy", "kd_objective", "reduce", "soft_target_kl",
+           "topk_soft_target_kl"]

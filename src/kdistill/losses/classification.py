@@ -45,8 +45,12 @@ def soft_target_kl(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / temperature, dim=-1)
-    per_sample = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(-1)
-    return reduce(per_sample * temperature**2, reduction)
+    # F.kl_div computes sum p_t (log p_t - log p_s) with one fused backward (fewer autograd nodes)
+    if reduction in ("sum", "mean"):
+        summed = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True) * temperature**2
+        return summed if reduction == "sum" else summed / student_logits.shape[0]
+    per_sample = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
+    return reduce(per_sample * temperature**2, reduction)  # "none", or an error for anything else
 
 
 def hard_cross_entropy(
@@ -68,20 +72,28 @@ def kd_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """w_soft * soft_target_kl + w_hard * hard_cross_entropy.
 
+    ``teacher_logits`` is a dense tensor or a ``TopKLogits`` (a top-k cache): the soft term is then
+    ``topk_soft_target_kl``, so every teacher source goes through this one call.
+
     Returns the total and the unweighted terms (for logging: a soft term 1000x smaller than the
     hard one makes its weight meaningless, and only logging each term shows it). A term whose
     weight is zero, or whose input is missing, is not computed.
     """
+    from kdistill.losses.topk import TopKLogits, topk_soft_target_kl  # topk builds on this module
+
     terms: dict[str, torch.Tensor] = {}
-    total = student_logits.new_zeros(() if reduction != "none" else student_logits.shape[:1])
+    weighted: list[torch.Tensor] = []  # no zeros to add to and no multiply by 1: fewer autograd nodes
     if soft_weight != 0.0:
         if teacher_logits is None:
             raise ValueError("soft_weight is non-zero but no teacher logits were given")
-        terms["soft"] = soft_target_kl(student_logits, teacher_logits, temperature, reduction)
-        total = total + soft_weight * terms["soft"]
+        soft = topk_soft_target_kl if isinstance(teacher_logits, TopKLogits) else soft_target_kl
+        terms["soft"] = soft(student_logits, teacher_logits, temperature, reduction)
+        weighted.append(terms["soft"] if soft_weight == 1.0 else soft_weight * terms["soft"])
     if hard_weight != 0.0:
         if labels is None:
             raise ValueError("hard_weight is non-zero but no labels were given")
         terms["hard"] = hard_cross_entropy(student_logits, labels, reduction)
-        total = total + hard_weight * terms["hard"]
-    return total, terms
+        weighted.append(terms["hard"] if hard_weight == 1.0 else hard_weight * terms["hard"])
+    if not weighted:
+        return student_logits.new_zeros(() if reduction != "none" else student_logits.shape[:1]), terms
+    return (weighted[0] if len(weighted) == 1 else weighted[0] + weighted[1]), terms

@@ -1,6 +1,8 @@
 """Teacher sources: one interface for every way of getting the teacher's outputs for a batch."""
 
 from kdistill.teachers.base import TeacherSource, to_logits
+from kdistill.teachers.cache import CachedTeacher, cache_teacher, open_cache, write_cache
 from kdistill.teachers.live import LiveTeacher
 
-__all__ = ["LiveTeacher", "TeacherSource", "to_logits"]
+__all__ = ["CachedTeacher", "LiveTeacher", "TeacherSource", "cache_teacher", "open_cache", "to_logits",
+           "write_cache"]

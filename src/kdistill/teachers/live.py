@@ -42,14 +42,17 @@ class LiveTeacher(TeacherSource):
         self.precision = precision
 
     @torch.inference_mode()
-    def logits(self, batch: dict) -> torch.Tensor:
+    def _run(self, batch: dict) -> torch.Tensor:
         x = self.inputs(batch)
         if isinstance(x, torch.Tensor):
             out = self.forward(x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype))
         else:  # keyword inputs (e.g. input_ids and attention_mask)
             out = self.forward(**{k: v.to(self.device) for k, v in x.items()})
-        # a clone makes the inference tensor usable by autograd-tracked code downstream
-        return to_logits(out).to(self.output_device, dtype=torch.float32).clone()
+        return to_logits(out)
+
+    def logits(self, batch: dict) -> torch.Tensor:
+        # cloned outside inference mode: an inference tensor cannot be saved for backward downstream
+        return self._run(batch).to(self.output_device, dtype=torch.float32).clone()
 
     def describe(self) -> dict:
         return {"kind": "live", "weights_sha256": weights_hash(self.model), "precision": self.precision}
