@@ -23,3 +23,7 @@ class CheckpointError(KDistillError):
 
 class TrainingError(KDistillError):
     pass
+
+
+class ExportError(KDistillError):
+    pass
