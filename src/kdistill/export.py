@@ -217,7 +217,30 @@ def export_onnx(model: nn.Module, example_inputs, path: str | Path, *,
                 external_data=big)
     except Exception as exc:  # the exporter raises many types; all become one clear message
         raise _export_failure(exc, f"torch {v['torch']}, onnxscript {v['onnxscript']}") from exc
+    strip_debug_metadata(path)
     return (path, program.exported_program) if keep_program else path
+
+
+def strip_debug_metadata(path: str | Path) -> None:
+    """Drop the exporter's per-node debug records (Python stack traces with this machine's
+    source paths, module names, FX nodes): a deployable file should not carry them, and they
+    were ~4% of a small student's file. Weights and shapes are untouched."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+
+    def clean(nodes) -> None:
+        for node in nodes:
+            del node.metadata_props[:]
+            node.doc_string = ""
+            for attr in node.attribute:
+                for graph in [attr.g] * attr.HasField("g") + list(attr.graphs):
+                    clean(graph.node)
+
+    clean(model.graph.node)
+    for fn in model.functions:
+        clean(fn.node)
+    onnx.save(model, str(path))
 
 
 def quantize_int8(src: str | Path, dst: str | Path, *, ops: Sequence[str] = INT8_OPS) -> Path:
@@ -306,7 +329,8 @@ class Timing:
     throughput_per_s: float
 
 
-def _torch_runner(model: nn.Module) -> Callable:
+def torch_runner(model: nn.Module) -> Callable:
+    """For :func:`time_variants`: a PyTorch model's forward pass in inference mode."""
     wrapped = LogitsOnly(model).eval()
 
     def run(inputs):
@@ -315,8 +339,12 @@ def _torch_runner(model: nn.Module) -> Callable:
     return lambda inputs: (lambda: run(inputs))
 
 
-def _onnx_runner(session) -> Callable:
-    return lambda inputs: (lambda: session.run(None, _feed(session, inputs)))
+def onnx_runner(session) -> Callable:
+    """For :func:`time_variants`: an ONNX Runtime session's run (inputs converted beforehand)."""
+    def prepare(inputs):
+        feed = _feed(session, inputs)
+        return lambda: session.run(None, feed)
+    return prepare
 
 
 def time_variants(runners: dict[str, Callable], sample_b1, sample_large, *, threads: int = 1,
@@ -412,8 +440,9 @@ def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: tor
                               f"{fp32_path}, or allow more with int8_max_drop_points / --int8-max-drop")
     if torch_export:
         pt2 = out_dir / f"{name}.pt2"
-        torch.export.save(program, str(pt2))
-        loaded = torch.export.load(str(pt2)).module()
+        with _quiet():
+            torch.export.save(program, str(pt2))
+            loaded = torch.export.load(str(pt2)).module()
         with torch.no_grad():
             got = torch.cat([loaded(*(x[i:i + 512] for x in inputs)) for i in range(0, inputs[0].shape[0], 512)])
         parity["torch_export"] = compare_logits("torch_export", reference, got, labels, tolerance)
@@ -456,10 +485,10 @@ def _rows(student, teacher, name, sessions, artifacts, inputs, labels, reference
     if timing:
         runners = {}
         if teacher is not None:
-            runners["teacher"] = _torch_runner(teacher)
-        runners[name] = _torch_runner(student)
+            runners["teacher"] = torch_runner(teacher)
+        runners[name] = torch_runner(student)
         for key, session in sessions.items():
-            runners[f"{name} onnx {key.split('_')[1]}"] = _onnx_runner(session)
+            runners[f"{name} onnx {key.split('_')[1]}"] = onnx_runner(session)
         big = tuple(_widen_to(x, large_batch) for x in inputs)
         times = time_variants(runners, tuple(x[:1] for x in inputs), big, threads=threads,
                               repeats_b1=repeats_b1, repeats_large=repeats_large)
@@ -475,10 +504,11 @@ def _widen_to(x: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | None = "int8",
-               torch_export: bool = False, threads: int = 1, **options) -> dict:
+               torch_export: bool = False, threads: int = 1, samples: int | None = None,
+               **options) -> dict:
     """Export a run's model (``role``: distilled, scratch or teacher) from ``RUN_DIR/<role>/``,
-    check parity on the run's test split, time it against the run's teacher, and write
-    ``RUN_DIR/export.json``. Artifacts go to ``RUN_DIR/export/``."""
+    check parity on the run's test split (its first ``samples``, default all), time it against the
+    run's teacher, and write ``RUN_DIR/export.json``. Artifacts go to ``RUN_DIR/export/``."""
     from kdistill.config import RunConfig
     from kdistill.data import build_data
     from kdistill.runs import ROLES, STUDENT_WEIGHTS, load_role
@@ -501,7 +531,8 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
     if model is None:
         raise ExportError(f"{run_dir / role / STUDENT_WEIGHTS} not found: the {role} run did not finish")
     teacher = load_role(cfg, "teacher", data) if role != "teacher" else None
-    return export_model(model, run_dir / "export", inputs=data.test.inputs, labels=data.test.labels,
+    test = data.test.subset(samples) if samples else data.test
+    return export_model(model, run_dir / "export", inputs=test.inputs, labels=test.labels,
                         teacher=teacher, name=role, quantize=quantize, torch_export=torch_export,
                         threads=threads, report_path=run_dir / "export.json", **options)
 
