@@ -69,14 +69,16 @@ def test_fp32_mismatch_is_an_error(tmp_path, monkeypatch):
     x, y = _images(16)
     with pytest.raises(ExportError, match="not faithful: max .logit difference. 0.1"):
         ex.export_model(MLP(784, [8], 10), tmp_path, inputs=x, labels=y, quantize=None, timing=False)
+    assert not (tmp_path / "student.onnx").exists()  # a wrong model is not left behind
 
 
 def test_int8_guard_fails_on_accuracy_loss(tmp_path):
     x, y = _images(16)
     with pytest.raises(ExportError, match="int8 quantization cost student"):
         # a negative allowance demands a gain no quantized model makes: the guard must trip
-        ex.export_model(MLP(784, [8], 10), tmp_path, inputs=x, labels=y, timing=False,
-                        int8_max_drop_points=-50)
+        ex.export_model(MLP(784, [8], 10), tmp_path, inputs=x, labels=y, quantize="int8",
+                        timing=False, int8_max_drop_points=-50)
+    assert (tmp_path / "student.onnx").is_file() and not (tmp_path / "student.int8.onnx").exists()
 
 
 def test_causal_lm_dynamic_batch_and_sequence(tmp_path):

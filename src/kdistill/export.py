@@ -382,6 +382,12 @@ def time_variants(runners: dict[str, Callable], sample_b1, sample_large, *, thre
 
 
 # ---------------------------------------------------------------- the whole export
+def _remove(path: Path) -> None:
+    """Delete a failed export (and its external weights) so it cannot be shipped by mistake."""
+    for p in (path, path.with_name(path.name + ".data")):
+        p.unlink(missing_ok=True)
+
+
 def _state_bytes(model: nn.Module) -> int:
     from kdistill.evaluate import model_bytes
 
@@ -389,7 +395,7 @@ def _state_bytes(model: nn.Module) -> int:
 
 
 def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: torch.Tensor | None = None,
-                 teacher: nn.Module | None = None, name: str = "student", quantize: str | None = "int8",
+                 teacher: nn.Module | None = None, name: str = "student", quantize: str | None = None,
                  torch_export: bool = False, threads: int = 1, large_batch: int = 256,
                  repeats_b1: int = 200, repeats_large: int = 10, atol: float = 1e-4,
                  rtol: float = 1e-4, int8_max_drop_points: float = 2.0,
@@ -422,10 +428,11 @@ def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: tor
                                           onnx_logits(sessions["onnx_fp32"], inputs), labels, tolerance)}
     if not parity["onnx_fp32"].passed:
         p = parity["onnx_fp32"]
+        _remove(fp32_path)
         raise ExportError(f"ONNX fp32 export of {name} is not faithful: max |logit difference| "
                           f"{p.max_abs_diff:.3g} > tolerance {tolerance:.3g} (atol {atol} + rtol {rtol} "
                           f"x max|logit|), top-1 agreement {100 * p.top1_agreement:.2f}%; {fp32_path} "
-                          "should not be deployed")
+                          "was removed (report the model and torch/onnxscript versions upstream)")
     artifacts = {"onnx_fp32": {"path": rel(fp32_path), "bytes": onnx_bytes(fp32_path)}}
     if quantize == "int8":
         int8_path = quantize_int8(fp32_path, out_dir / f"{name}.int8.onnx")
@@ -434,10 +441,10 @@ def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: tor
                                                  onnx_logits(sessions["onnx_int8"], inputs), labels)
         artifacts["onnx_int8"] = {"path": rel(int8_path), "bytes": onnx_bytes(int8_path)}
         if p.accuracy_delta_points is not None and p.accuracy_delta_points < -int8_max_drop_points:
-            p.passed = False
+            _remove(int8_path)
             raise ExportError(f"int8 quantization cost {name} {-p.accuracy_delta_points:.2f} accuracy "
-                              f"points (> {int8_max_drop_points}); deploy the fp32 export "
-                              f"{fp32_path}, or allow more with int8_max_drop_points / --int8-max-drop")
+                              f"points (> {int8_max_drop_points}), so {int8_path} was removed; deploy "
+                              f"the fp32 export {fp32_path}, or allow more with --int8-max-drop")
     if torch_export:
         pt2 = out_dir / f"{name}.pt2"
         with _quiet():
@@ -503,7 +510,7 @@ def _widen_to(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.repeat(reps, *([1] * (x.dim() - 1)))[:n] if reps > 1 else x[:n]
 
 
-def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | None = "int8",
+def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | None = None,
                torch_export: bool = False, threads: int = 1, samples: int | None = None,
                **options) -> dict:
     """Export a run's model (``role``: distilled, scratch or teacher) from ``RUN_DIR/<role>/``,
