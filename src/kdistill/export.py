@@ -104,7 +104,7 @@ def _widen(x: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
 @contextlib.contextmanager
 def _quiet():
     """The exporter and the quantizer log notes meant for their developers; keep ours clean."""
-    names = ["torch.onnx", "torch.export", "torch._export", "onnxscript", "root", ""]
+    names = ["torch.onnx", "torch.export", "torch._export", "onnxscript", ""]
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
@@ -525,18 +525,24 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
         raise ExportError(f"--role must be one of {', '.join(ROLES)}, got {role!r}")
     if not run_dir.is_dir():
         raise ExportError(f"run directory {run_dir} does not exist")
-    config = run_dir / role / "config.yaml"
-    if not config.is_file():
+    # every role's folder holds the run's config; a bundled teacher has no folder of its own
+    configs = [run_dir / r / "config.yaml" for r in (role, *ROLES)]
+    config = next((c for c in configs if c.is_file()), None)
+    if config is None:
+        raise ExportError(f"{run_dir} holds no run (no {'/'.join(ROLES)}/config.yaml): give the run's "
+                          "output directory, after `kdistill distill CONFIG`")
+    weights = run_dir / role / STUDENT_WEIGHTS
+    if role != "teacher" and not weights.is_file():  # checked before the data is loaded
         found = [r for r in ROLES if (run_dir / r / STUDENT_WEIGHTS).is_file()]
-        raise ExportError(f"{config} not found: {run_dir} has no {role!r} run"
-                          + (f" (it has: {', '.join(found)}; pass --role)" if found else
-                             "; run `kdistill distill CONFIG` first"))
+        raise ExportError(f"{run_dir} has no {role!r} model ({weights} not found); it has: "
+                          f"{', '.join(found) or 'nothing yet'} (choose with --role)")
     cfg = RunConfig.from_yaml(config)
     cfg.train.output_dir = run_dir  # the run may have moved since it was written
     data = build_data(cfg.data)
     model = load_role(cfg, role, data)
     if model is None:
-        raise ExportError(f"{run_dir / role / STUDENT_WEIGHTS} not found: the {role} run did not finish")
+        raise ExportError(f"{run_dir} has no teacher: {weights} not found and the config names no "
+                          "teacher weights")
     teacher = load_role(cfg, "teacher", data) if role != "teacher" else None
     test = data.test.subset(samples) if samples else data.test
     return export_model(model, run_dir / "export", inputs=test.inputs, labels=test.labels,
@@ -552,7 +558,8 @@ def format_rows(report: dict) -> str:
     from rich.table import Table
 
     table = Table(title=f"export of {report['model']}")
-    for col in ["variant", "runtime", "size", "accuracy", "b1 median", "b1 p95", "throughput"]:
+    large = (report.get("timing") or {}).get("batch_size_large", "")
+    for col in ["variant", "runtime", "size", "accuracy", "b1 median", "b1 p95", f"throughput b{large}"]:
         table.add_column(col, justify="left" if col in ("variant", "runtime") else "right")
     ms = lambda v: "-" if v is None else f"{v:.3f} ms"
     for r in report["rows"]:
