@@ -77,6 +77,16 @@ def stability_trials(run_dir: Path, report: dict, teacher, student, sample: torc
     return out
 
 
+def thread_check(run_dir: Path, report: dict, sample: torch.Tensor, repeats: int) -> dict:
+    """Why 1 intra-op thread: the int8 student's batch-1 latency with 1 and with 2 ONNX Runtime
+    threads, interleaved; p95 / median is the spread (1 = perfectly stable)."""
+    path = run_dir / report["artifacts"]["onnx_int8"]["path"]
+    runners = {f"threads_{n}": ex.onnx_runner(ex.ort_session(path, threads=n)) for n in (1, 2)}
+    t = ex.time_variants(runners, sample[:1], sample[:1], repeats_b1=repeats, repeats_large=1)
+    return {k: {"median_ms": v.latency_ms_b1_median, "p95_ms": v.latency_ms_b1_p95,
+                "p95_over_median": v.latency_ms_b1_p95 / v.latency_ms_b1_median} for k, v in t.items()}
+
+
 def figures(report: dict) -> dict:
     rows = {r["name"].replace("distilled", "student"): r for r in report["rows"]}
     t, s, f, q = rows["teacher"], rows["student"], rows["student onnx fp32"], rows["student onnx int8"]
@@ -112,6 +122,12 @@ def markdown(results: dict) -> str:
         met = "yes" if all(m["met"].values()) else "no: " + ", ".join(k for k, v in m["met"].items() if not v)
         lines.append(f"| {pair} | {m['speedup_int8_vs_teacher_b1']:.1f}x | {m['size_ratio_fp32_to_int8']:.2f}x | "
                      f"{m['acc_delta_int8']:+.2f} pt | {trials} | {met} |")
+    lines += ["", "| pair | int8 b1 median, 1 thread (ms) | p95 / median | int8 b1 median, 2 threads (ms) | p95 / median |",
+              "|---|---:|---:|---:|---:|"]
+    for pair, m in results["models"].items():
+        a, b = m["int8_b1_by_ort_threads"]["threads_1"], m["int8_b1_by_ort_threads"]["threads_2"]
+        lines.append(f"| {pair} | {a['median_ms']:.4f} | {a['p95_over_median']:.2f} | {b['median_ms']:.4f} | "
+                     f"{b['p95_over_median']:.2f} |")
     return "\n".join(lines)
 
 
@@ -144,11 +160,13 @@ def main() -> None:
         teacher = load_role(cfg, "teacher", run.data)
         trial_speedups = stability_trials(Path(cfg.train.output_dir), report, teacher, run.model.eval(),
                                           run.data.test.inputs, trials, repeats_b1 // 2)
+        threads = thread_check(Path(cfg.train.output_dir), report, run.data.test.inputs, repeats_b1)
         fig = figures(report)
         met = {"speedup_int8_vs_teacher_b1": fig["speedup_int8_vs_teacher_b1"] >= TARGETS["speedup_int8_vs_teacher_b1"],
                "size_ratio_fp32_to_int8": fig["size_ratio_fp32_to_int8"] >= TARGETS["size_ratio_fp32_to_int8"],
                "acc_delta_int8": abs(fig["acc_delta_int8"]) <= TARGETS["abs_acc_delta_int8"]}
         results["models"][pair] = {**fig, "speedup_trials": trial_speedups, "met": met,
+                                   "int8_b1_by_ort_threads": threads,
                                    "train_seconds": round(trained_s, 1), "config": cfg.model_dump(mode="json"),
                                    "rows": report["rows"], "parity": report["parity"],
                                    "artifacts": report["artifacts"]}
