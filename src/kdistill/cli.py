@@ -122,6 +122,31 @@ def report(run_dir: Path = typer.Argument(..., help="a run's output directory"))
     typer.echo(f"report: {write_report(run_dir)}")
 
 
+@app.command()
+def export(run_dir: Path = typer.Argument(..., help="the run's output directory"),
+           format: str = typer.Option("onnx", "--format", help="export format (onnx)"),
+           quantize: Optional[str] = typer.Option(None, help="int8: also a dynamically quantized model"),
+           torch_export: bool = typer.Option(False, "--torch-export", help="also save a torch.export .pt2"),
+           role: str = typer.Option("distilled", help="which model: distilled, scratch or teacher"),
+           threads: int = typer.Option(1, min=1, help="intra-op threads for the timings"),
+           repeats: int = typer.Option(200, min=1, help="batch-1 timing repeats"),
+           samples: Optional[int] = typer.Option(None, min=1, help="parity on the first N test samples (default: all)"),
+           int8_max_drop: float = typer.Option(2.0, help="fail if int8 loses more accuracy points")) -> None:
+    """Export a run's student to ONNX (optionally int8), check parity, time it: RUN_DIR/export.json."""
+    from kdistill.errors import ExportError
+    from kdistill.export import export_run, format_rows
+
+    if format != "onnx":
+        raise ExportError(f"--format {format!r} is not supported: use --format onnx")
+    if quantize not in (None, "int8"):
+        raise ExportError(f"--quantize {quantize!r} is not supported: use --quantize int8")
+    report = export_run(run_dir, role=role, quantize=quantize, torch_export=torch_export,
+                        threads=threads, repeats_b1=repeats, samples=samples,
+                        int8_max_drop_points=int8_max_drop)
+    typer.echo(format_rows(report))
+    typer.echo(f"wrote {run_dir / 'export.json'}")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, not a traceback."""
     try:

@@ -31,3 +31,6 @@ class ReportError(KDistillError):
 
 class CacheError(KDistillError):
     """A teacher cache that is missing, damaged, or written for other data, teacher or settings."""
+
+class ExportError(KDistillError):
+    pass
