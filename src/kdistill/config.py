@@ -122,6 +122,9 @@ class TrainConfig(Strict):
     log_every_steps: int = Field(1, gt=0, description="JSONL metrics every N optimizer steps")
     progress: bool = True
     on_nonfinite: Literal["stop", "skip"] = "stop"
+    checkpoint_every_steps: Optional[int] = Field(
+        None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch (a checkpoint is "
+        "always written at each epoch's end and on SIGTERM / Ctrl-C)")
 
 
 class RunConfig(Strict):
