@@ -151,10 +151,10 @@ class Engine:
             return (f"non-finite loss at {where}) on another rank: see its message; lower the "
                     "learning rate or set train.on_nonfinite: skip")
         i, batch, loss, terms = bad
-        described = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+        described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         rank = f", rank {self.dist.rank}" if self.dist.world_size > 1 else ""
         return (f"non-finite loss at {where}{rank}, micro-batch {i}, samples "
-                f"{batch['index'][:8].tolist()}...): loss={float(loss)}, {described}; "
+                f"{batch['index'][:8].tolist()}...): loss={float(loss.detach())}, {described}; "
                 "lower the learning rate or set train.on_nonfinite: skip")
 
     def fit(self, resume: bool = False) -> list[dict]:
