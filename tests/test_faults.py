@@ -143,10 +143,10 @@ def _wait_for_checkpoint(path, proc, accept, timeout=120.0) -> dict:
 def test_sigterm_then_sigkill_then_resume_matches_uninterrupted(tmp_path):
     """The CLI in a real process: SIGTERM mid-epoch exits 143 after a checkpoint; a resumed run
     is SIGKILLed mid-epoch; a second --resume finishes with the uninterrupted run's weights."""
-    teacher = write_teacher(tmp_path / "teacher.safetensors", hidden=(1200, 1200))
-    config = write_config(tmp_path, "ref", teacher=teacher, teacher_hidden=(1200, 1200),
-                          batch_size=20, limit_train=6000, epochs=2, checkpoint_every_steps=10)
-    steps_per_epoch = 6000 // 20
+    teacher = write_teacher(tmp_path / "teacher.safetensors", hidden=(256,))
+    config = write_config(tmp_path, "ref", teacher=teacher, teacher_hidden=(256,),
+                          batch_size=20, limit_train=4000, epochs=2, checkpoint_every_steps=10)
+    steps_per_epoch = 4000 // 20
     run_dir = tmp_path / "faulty"
     ckpt = run_dir / "distilled" / "checkpoint.pt"
     args = ("distill", str(config), "--output-dir", str(run_dir))
