@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,8 +52,21 @@ def cli_env(threads: int | None = None) -> dict[str, str]:
     return env
 
 
-def cli(*args: str, threads: int | None = None, **kw) -> subprocess.Popen:
-    """``python -m kdistill ARGS`` as a real subprocess."""
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run this process's reference with the subprocesses' thread count: results then match bit
+    for bit, and on a busy 2-core machine one thread avoids OpenMP spinning (10x the CPU time)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def cli(*args: str, threads: int | None = 1, **kw) -> subprocess.Popen:
+    """``python -m kdistill ARGS`` as a real subprocess (one thread per process, as torchrun
+    sets for several processes)."""
     return subprocess.Popen([sys.executable, "-m", "kdistill", *args], env=cli_env(threads),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
 

@@ -11,7 +11,7 @@ from kdistill import distributed
 from kdistill.config import RunConfig
 from kdistill.data import Batches, Split
 from kdistill.runs import distill
-from scale_helpers import cli, weights, write_config, write_teacher
+from scale_helpers import cli, torch_threads, weights, write_config, write_teacher
 
 
 def _split(n: int) -> Split:
@@ -58,7 +58,8 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     one = write_config(tmp_path, "one", teacher=teacher, batch_size=32, limit_train=256,
                        grad_accum_steps=2)
     proc = cli("distill", str(two), "--nproc", "2")
-    distill(RunConfig.from_yaml(one))  # meanwhile, the single-process reference in this process
+    with torch_threads(1):  # meanwhile, the single-process reference in this process
+        distill(RunConfig.from_yaml(one))
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out
     reference, parallel = weights(tmp_path / "one"), weights(tmp_path / "two")

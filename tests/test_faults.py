@@ -18,7 +18,13 @@ from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
 from kdistill.models import MLP
 from kdistill.runs import distill
 from kdistill.teachers import LiveTeacher
-from scale_helpers import cli, weights, write_config, write_teacher
+from scale_helpers import cli, torch_threads, weights, write_config, write_teacher
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    with torch_threads(1):  # small models: intra-op threads only spin on a busy machine
+        yield
 
 
 # ---------------------------------------------------------------- in-process, synthetic data
