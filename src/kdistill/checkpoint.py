@@ -3,7 +3,9 @@
 A checkpoint is written to a temporary file in the same folder, flushed to disk, then renamed
 over the old one, so a crash leaves either the old or the new file, never half of one. Its
 SHA-256 sits in ``<name>.sha256`` beside it and is verified before loading; the payload loads
-with ``torch.load(weights_only=True)``.
+with ``torch.load(weights_only=True)``. The sidecar is rewritten just before the rename and lists
+the new digest and the old one, so a process killed between the two writes still leaves a
+checkpoint that verifies.
 """
 
 from __future__ import annotations
@@ -54,8 +56,18 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 def save_checkpoint(path: str | Path, state: dict) -> None:
     path = Path(path)
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    atomic_write_text(path.with_name(path.name + ".sha256"), sha256_file(path) + "\n")
+    sidecar = path.with_name(path.name + ".sha256")
+
+    def write(tmp: str) -> None:
+        torch.save(state, tmp)
+        digests = [sha256_file(Path(tmp))]
+        if sidecar.is_file() and path.is_file():  # the old file stays in place until the rename
+            old = sha256_file(path)
+            if old in sidecar.read_text().split():  # never vouch for a damaged old file
+                digests.append(old)
+        atomic_write_text(sidecar, "\n".join(digests) + "\n")
+
+    atomic_write(path, write)
 
 
 def load_checkpoint(path: str | Path) -> dict:
@@ -65,7 +77,7 @@ def load_checkpoint(path: str | Path) -> dict:
     digest_file = path.with_name(path.name + ".sha256")
     if not digest_file.is_file():
         raise CheckpointError(f"{digest_file} is missing: cannot verify {path}")
-    if sha256_file(path) != digest_file.read_text().strip():
+    if sha256_file(path) not in digest_file.read_text().split():
         raise CheckpointError(f"{path} does not match its checksum: the file is damaged or truncated")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)

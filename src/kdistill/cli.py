@@ -10,12 +10,27 @@ from typing import Optional
 import typer
 
 from kdistill.config import RunConfig
-from kdistill.errors import KDistillError
+from kdistill.errors import ConfigError, KDistillError, RunInterrupted
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Knowledge distillation: soft targets, schedules, one engine, and the proof.")
 
 CONFIG = typer.Argument(..., help="run config (YAML)", exists=False)
+NPROC = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine: "
+                     "re-runs the command under torchrun (torch.distributed.run)")
+
+
+def _relaunch(nproc: int, command: str, config: Path, resume: bool, output_dir: Optional[Path],
+              *extra: str) -> None:
+    """``--nproc N`` > 1: exec torchrun with the same command, which then runs N copies."""
+    if nproc == 1:
+        return
+    from kdistill import distributed
+
+    if distributed.launched_by_torchrun():
+        raise ConfigError("--nproc is for a plain launch; under torchrun set --nproc_per_node instead")
+    distributed.exec_torchrun(nproc, [command, str(config), *extra, *(["--resume"] if resume else []),
+                                      *(["--output-dir", str(output_dir)] if output_dir else [])])
 
 
 def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
@@ -67,10 +82,11 @@ def train(config: Path = CONFIG,
           role: str = typer.Option("scratch", help="scratch: the student on labels alone; "
                                                    "teacher: the config's teacher architecture"),
           resume: bool = typer.Option(False, help="continue from the last checkpoint"),
-          output_dir: Optional[Path] = typer.Option(None)) -> None:
+          output_dir: Optional[Path] = typer.Option(None), nproc: int = NPROC) -> None:
     """Train a model on hard labels (the teacher, or the student-from-scratch baseline)."""
     from kdistill.runs import train as run_train
 
+    _relaunch(nproc, "train", config, resume, output_dir, "--role", role)
     result = run_train(_load(config, output_dir), role=role, resume=resume)
     typer.echo(f"saved {result.out_dir}")
 
@@ -78,10 +94,12 @@ def train(config: Path = CONFIG,
 @app.command()
 def distill(config: Path = CONFIG,
             resume: bool = typer.Option(False, help="continue from the last checkpoint"),
-            output_dir: Optional[Path] = typer.Option(None)) -> None:
-    """Distil the config's teacher into its student."""
+            output_dir: Optional[Path] = typer.Option(None), nproc: int = NPROC) -> None:
+    """Distil the config's teacher into its student (``torchrun --nproc_per_node=N -m kdistill
+    distill CONFIG``, or ``--nproc N``, for data parallelism)."""
     from kdistill.runs import distill as run_distill
 
+    _relaunch(nproc, "distill", config, resume, output_dir)
     result = run_distill(_load(config, output_dir), resume=resume)
     typer.echo(f"saved {result.out_dir}")
 
@@ -151,6 +169,9 @@ def main() -> None:
     """Entry point: user errors print one line and exit 2, not a traceback."""
     try:
         app(standalone_mode=False)
+    except RunInterrupted as exc:
+        typer.echo(f"stopped: {exc}", err=True)
+        sys.exit(128 + exc.signum)
     except KDistillError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)

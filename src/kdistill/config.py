@@ -158,6 +158,9 @@ class TrainConfig(Strict):
     progress: bool = True
     on_nonfinite: Literal["stop", "skip"] = "stop"
     log: LogConfig = Field(default_factory=LogConfig)
+    checkpoint_every_steps: Optional[int] = Field(
+        None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch (a checkpoint is "
+        "always written at each epoch's end and on SIGTERM / Ctrl-C)")
 
 
 class RunConfig(Strict):

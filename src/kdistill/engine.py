@@ -14,6 +14,8 @@ import contextlib
 import itertools
 import json
 import math
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Iterable
@@ -22,9 +24,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kdistill import distributed
 from kdistill.checkpoint import load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
-from kdistill.errors import CheckpointError, TrainingError
+from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
 from kdistill.evaluate import entropy_sum
 from kdistill.schedules import as_schedule
 from kdistill.tasks.base import Task
@@ -33,6 +36,8 @@ from kdistill.tracking import StepLogger, open_loggers
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+# config fields a resumed run may change
+RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.checkpoint_every_steps", "train.log")
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -62,6 +67,8 @@ class Engine:
         self.loggers = list(loggers or [])  # fed beside metrics.jsonl and the config's trackers
         self.device = torch.device(cfg.train.device)
         self.student = student.to(self.device)
+        self.dist = distributed.current()
+        self.model = distributed.wrap(self.student, self.dist)  # DDP under torchrun: trains self.student
         self.train_batches, self.val_batches = train_batches, val_batches
         self.out_dir = Path(out_dir or cfg.train.output_dir)
         self.num_outputs = num_outputs
@@ -73,7 +80,7 @@ class Engine:
                                   hard_weight=as_schedule(cfg.loss.hard_weight))
         self.steps_per_epoch = math.ceil(len(train_batches) / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
-        self.step, self.epoch = 0, 0
+        self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ schedules
@@ -111,48 +118,66 @@ class Engine:
 
     def train_step(self, group: list[dict], hp: dict[str, float]) -> dict[str, float] | None:
         """One optimizer step over the micro-batches of ``group``; the loss is the sum over every
-        unit in the group divided by their total count, whatever the micro-batching."""
+        unit in the group, on every rank, divided by their total count, whatever the
+        micro-batching and the number of processes."""
         for g in self.optimizer.param_groups:
             g["lr"] = hp["lr"]
-        total = sum(self.task.count(b) for b in group)
+        total = self.dist.all_sum([sum(self.task.count(b) for b in group)])[0]
         self.optimizer.zero_grad(set_to_none=True)
         sums: dict[str, float] = {}
+        first_bad = None
         for i, batch in enumerate(group):
             teacher_logits = None
             if self.teacher is not None and hp["soft_weight"] != 0:
                 teacher_logits = self.teacher.logits(batch)
-            with self._autocast():
-                student_logits = self.task.forward(self.student, batch)
-            loss, terms = self.task.objective(student_logits.float(), teacher_logits, batch, hp)
+            with distributed.no_sync(self.model, sync=i == len(group) - 1):
+                with self._autocast():
+                    student_logits = self.task.forward(self.model, batch)
+                loss, terms = self.task.objective(student_logits.float(), teacher_logits, batch, hp)
+                # = (loss * world / total).backward() with one node fewer; DDP averages gradients
+                # over ranks, so scaling by the world size leaves sum / global count
+                loss.backward(torch.full_like(loss, self.dist.world_size / total))
             if isinstance(teacher_logits, torch.Tensor):  # how soft the targets are (dense logits only)
                 terms = {**terms, "teacher_entropy": entropy_sum(teacher_logits, hp["temperature"])}
-            loss_value = float(loss.detach())  # one read serves both the finiteness check and the log
-            if not math.isfinite(loss_value):
-                described = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
-                if self.cfg.train.on_nonfinite == "stop":
-                    raise TrainingError(
-                        f"non-finite loss at step {self.step} (epoch {self.epoch}, micro-batch {i}, "
-                        f"samples {batch['index'][:8].tolist()}...): loss={loss_value}, {described}; "
-                        "lower the learning rate or set train.on_nonfinite: skip")
-                self.optimizer.zero_grad(set_to_none=True)
-                return None
-            loss.backward(torch.full_like(loss, 1.0 / total))  # = (loss / total).backward(), one node fewer
+            loss_value = float(loss.detach())  # one read serves the finiteness check and the log
+            if first_bad is None and not math.isfinite(loss_value):
+                first_bad = (i, batch, loss, terms)
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
+        sums = dict(zip(sums, self.dist.all_sum(list(sums.values()))))
+        if not all(math.isfinite(v) for v in sums.values()):  # every rank sees the same sums
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.cfg.train.on_nonfinite == "stop":
+                raise TrainingError(self._nonfinite_message(first_bad))
+            return None
         if self.cfg.optim.max_grad_norm:
             nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.max_grad_norm)
         self.optimizer.step()
         return {k: v / total for k, v in sums.items()}
 
+    def _nonfinite_message(self, bad) -> str:
+        where = f"step {self.step} (epoch {self.epoch}"
+        if bad is None:
+            return (f"non-finite loss at {where}) on another rank: see its message; lower the "
+                    "learning rate or set train.on_nonfinite: skip")
+        i, batch, loss, terms = bad
+        described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
+        rank = f", rank {self.dist.rank}" if self.dist.world_size > 1 else ""
+        return (f"non-finite loss at {where}{rank}, micro-batch {i}, samples "
+                f"{batch['index'][:8].tolist()}...): loss={float(loss.detach())}, {described}; "
+                "lower the learning rate or set train.on_nonfinite: skip")
+
     def fit(self, resume: bool = False) -> list[dict]:
         """Train to the configured number of epochs; returns per-epoch evaluation records.
         Every step and epoch record goes to metrics.jsonl and to each logger (``self.loggers``
-        and the trackers ``train.log`` turns on), which are closed however the run ends."""
-        active = [*open_loggers(self.cfg, self.out_dir), *self.loggers]
+        and the trackers ``train.log`` turns on; rank 0 only), which are closed however the run
+        ends. SIGTERM or Ctrl-C stops it after the current step with a checkpoint (RunInterrupted)."""
+        active = [*open_loggers(self.cfg, self.out_dir), *self.loggers] if self.dist.is_main else []
         failed = True
         try:
-            history = self._fit(resume, active)
+            with distributed.GracefulStop() as self.stop:
+                history = self._fit(resume, active)
             failed = False
             return history
         finally:
@@ -165,25 +190,31 @@ class Engine:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.preflight()
+        main = self.dist.is_main  # only rank 0 logs, evaluates and writes files
+        metrics = self.out_dir / METRICS if main else os.devnull
         if resume:
             self._restore()
-        else:
+        elif main:
             (self.out_dir / METRICS).write_text("")
         self.student.train()
         for epoch in range(self.epoch, self.cfg.train.epochs):
             self.epoch = epoch
             self.train_batches.set_epoch(epoch)
-            bar = tqdm(_groups(self.train_batches, self.cfg.train.grad_accum_steps),
-                       total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
-                       disable=None if self.cfg.train.progress else True,  # None: off when not a TTY
+            # a mid-epoch checkpoint: the epoch's order is fixed, skip the steps it holds
+            groups = itertools.islice(_groups(self.train_batches, self.cfg.train.grad_accum_steps),
+                                      self.step_in_epoch, None)
+            bar = tqdm(groups, initial=self.step_in_epoch, total=self.steps_per_epoch,
+                       desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
+                       disable=None if (self.cfg.train.progress and main) else True,  # None: off when not a TTY
                        leave=False, dynamic_ncols=True, mininterval=0.5)
             t0 = time.perf_counter()
-            with open(self.out_dir / METRICS, "a") as log:
+            with open(metrics, "a") as log:
                 for group in bar:
                     hp = self.hparams(self.step)
                     terms = self.train_step(group, hp)
                     record = {"step": self.step, "epoch": epoch, **hp, **(terms or {"skipped": True})}
                     self.step += 1
+                    self.step_in_epoch += 1
                     if self.step % self.cfg.train.log_every_steps == 0 or terms is None:
                         log.write(json.dumps(record) + "\n")
                         for logger in loggers:
@@ -191,20 +222,35 @@ class Engine:
                     if terms and self.step % 20 == 0:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                          if k in ("loss", "soft", "hard", "temperature")})
-            self.epoch = epoch + 1
+                    every = self.cfg.train.checkpoint_every_steps
+                    if every and self.step % every == 0:
+                        log.flush()
+                        self._save()
+                    if self.dist.any(self.stop.signum is not None):
+                        log.flush()
+                        self._save()
+                        raise self._interrupted(self.stop.signum)
+            self.epoch, self.step_in_epoch = epoch + 1, 0
             summary = {"epoch": self.epoch, "step": self.step, "seconds": time.perf_counter() - t0}
-            if self.val_batches is not None:
+            if self.val_batches is not None and main:
                 summary.update({f"val_{k}": v for k, v in self.task.evaluate(self.student, self.val_batches).items()})
             self.history.append(summary)
-            with open(self.out_dir / METRICS, "a") as log:
+            with open(metrics, "a") as log:
                 log.write(json.dumps({"eval": summary}) + "\n")
             for logger in loggers:
                 logger.log_eval(summary)
-            if self.cfg.train.progress:
+            if self.cfg.train.progress and main:
                 tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
             self._save()
         return self.history
+
+    def _interrupted(self, signum: int | None) -> RunInterrupted:
+        signum = signum or 15  # the signal reached another rank; SIGTERM is what torchrun sends
+        return RunInterrupted(
+            f"{signal.Signals(signum).name} at step {self.step} (epoch {self.epoch + 1}, step "
+            f"{self.step_in_epoch} of {self.steps_per_epoch}): checkpoint saved to "
+            f"{self.out_dir / CHECKPOINT}; continue with --resume", signum)
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self) -> dict:
@@ -213,28 +259,36 @@ class Engine:
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "world_size": self.dist.world_size,
             "torch_rng": torch.get_rng_state(),
             "hparams": self.hparams(self.step),
             "history": json.dumps(self.history),
-            "config_fingerprint": self.cfg.fingerprint(exclude=("train.epochs", "train.progress", "train.log")),
+            "config_fingerprint": self.cfg.fingerprint(exclude=RESUMABLE_CHANGES),
         }
 
     def _save(self) -> None:
-        save_checkpoint(self.out_dir / CHECKPOINT, self._state())
+        if self.dist.is_main:
+            save_checkpoint(self.out_dir / CHECKPOINT, self._state())
 
     def _restore(self) -> None:
         state = load_checkpoint(self.out_dir / CHECKPOINT)
-        if state["config_fingerprint"] != self.cfg.fingerprint(exclude=("train.epochs", "train.progress", "train.log")):
+        if state["config_fingerprint"] != self.cfg.fingerprint(exclude=RESUMABLE_CHANGES):
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by a different config; "
                                   "resume with the same config (only train.epochs may change)")
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by {state.get('world_size', 1)} "
+                                  f"process(es), this run has {self.dist.world_size}: resume with "
+                                  f"--nproc {state.get('world_size', 1)} (the data shards depend on it)")
         self.student.load_state_dict(state["student"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch = state["step"], state["epoch"]
+        self.step_in_epoch = state.get("step_in_epoch", 0)
         self.history = json.loads(state["history"])
         torch.set_rng_state(state["torch_rng"])
         # keep the log consistent with the checkpoint: drop steps logged after it was written
         path = self.out_dir / METRICS
-        if path.exists():
+        if path.exists() and self.dist.is_main:
             kept = [line for line in path.read_text().splitlines()
                     if line and json.loads(line).get("step", -1) < self.step
                     and json.loads(line).get("eval", {}).get("epoch", 0) <= self.epoch]

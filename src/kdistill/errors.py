@@ -32,5 +32,15 @@ class ReportError(KDistillError):
 class CacheError(KDistillError):
     """A teacher cache that is missing, damaged, or written for other data, teacher or settings."""
 
+
 class ExportError(KDistillError):
     pass
+
+
+class RunInterrupted(KDistillError):
+    """SIGTERM or Ctrl-C stopped a run after a checkpoint was written; ``--resume`` continues it.
+    The CLI exits with 128 + the signal number, as a process killed by that signal would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from kdistill import distributed
 from kdistill.checkpoint import atomic_write, atomic_write_text
 from kdistill.config import RunConfig
 from kdistill.data import Batches, DataSplits, build_data
@@ -40,9 +41,12 @@ class RunResult:
 
 
 def batches(cfg: RunConfig, data: DataSplits) -> tuple[Batches, Batches | None]:
-    d = cfg.data
+    """Training batches (this rank's shard under torchrun: data.batch_size is per process) and
+    validation batches."""
+    d, ctx = cfg.data, distributed.current()
     train = Batches(data.train, d.batch_size, shuffle=True, seed=cfg.seed,
-                    augment=d.augment, jitter_pixels=d.jitter_pixels)
+                    augment=d.augment, jitter_pixels=d.jitter_pixels,
+                    rank=ctx.rank, world_size=ctx.world_size)
     val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
     return train, val
 
@@ -89,23 +93,34 @@ def save_model(model: nn.Module, path: Path) -> None:
 
 def _run(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module | None,
          data: DataSplits | None, resume: bool, out_dir: Path | None) -> RunResult:
+    with distributed.session(cfg.train.device) as ctx:  # joins torchrun's process group, if any
+        return _run_here(cfg, teacher=teacher, student=student, data=data, resume=resume,
+                         out_dir=out_dir, main=ctx.is_main)
+
+
+def _run_here(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module | None,
+              data: DataSplits | None, resume: bool, out_dir: Path | None, main: bool) -> RunResult:
     data = data or build_data(cfg.data)
     torch.manual_seed(cfg.seed)  # before the student's initialisation: same seed, same student
     if student is None:
         student = build_model(cfg.student, data.input_shape, data.num_classes)
     out_dir = Path(out_dir or cfg.train.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    if main:
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    torch.manual_seed(cfg.seed)
     train_batches, val_batches = batches(cfg, data)
     task = ClassificationTask(data.num_classes, cfg.train.device)
     engine = Engine(cfg, student, task, train_batches, val_batches, teacher=teacher,
                     out_dir=out_dir, num_outputs=data.num_classes)
     history = engine.fit(resume=resume)
-    save_model(student, out_dir / STUDENT_WEIGHTS)
-    summary = {"name": cfg.name, "mode": "distill" if teacher else "train",
-               "parameters": count_parameters(student), "epochs": history,
-               "teacher": teacher.describe() if teacher else None}
-    atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
+    if main:
+        save_model(student, out_dir / STUDENT_WEIGHTS)
+        summary = {"name": cfg.name, "mode": "distill" if teacher else "train",
+                   "parameters": count_parameters(student), "epochs": history,
+                   "teacher": teacher.describe() if teacher else None,
+                   "processes": engine.dist.world_size}
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return RunResult(out_dir, student, history, data)
 
 

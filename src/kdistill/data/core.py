@@ -75,6 +75,11 @@ class Batches:
 
     The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
     an uninterrupted run would. Jitter augmentation draws from its own per-epoch generator.
+
+    With ``world_size`` > 1 each rank takes every ``world_size``-th sample of that order, padded
+    by wrapping around so all ranks get the same number of batches (as DistributedSampler does).
+    Rank r's k-th batch is then part of the single-process k-th batch of ``world_size`` times the
+    size, so N processes x batch b train on the same samples per step as 1 process x batch N*b.
     """
 
     def __init__(
@@ -87,24 +92,32 @@ class Batches:
         augment: str = "none",
         jitter_pixels: int = 2,
         drop_last: bool = False,
+        rank: int = 0,
+        world_size: int = 1,
     ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.augment, self.jitter_pixels, self.drop_last = augment, jitter_pixels, drop_last
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        n = len(self.split)
+        n = -(-len(self.split) // self.world_size)  # this rank's share
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self) -> torch.Tensor:
         n = len(self.split)
         if not self.shuffle:
-            return torch.arange(n)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return torch.randperm(n, generator=gen)
+            order = torch.arange(n)
+        else:
+            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(n, generator=gen)
+        if self.world_size > 1:
+            padded = -(-n // self.world_size) * self.world_size
+            order = order.repeat(-(-padded // n))[:padded][self.rank :: self.world_size]
+        return order
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()

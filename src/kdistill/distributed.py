@@ -1,0 +1,146 @@
+"""Data parallelism through torch.distributed, and a clean stop on SIGTERM / Ctrl-C.
+
+Launched by ``torchrun --nproc_per_node=N -m kdistill distill CONFIG`` (or ``kdistill distill
+--nproc N``, which execs exactly that), every process runs the same run: it joins torchrun's
+process group (gloo on CPU, nccl on CUDA), wraps the student in DistributedDataParallel, keeps its
+own copy of the teacher and iterates its shard of each epoch's shuffled order. Only rank 0 logs,
+evaluates and writes checkpoints, weights and summaries. In a plain single process every helper
+here is a no-op, so the engine has one code path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+@dataclass(frozen=True)
+class Context:
+    """This process's place in the job: rank 0 of 1 outside torchrun."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def _device(self) -> torch.device:
+        return torch.device("cuda") if dist.get_backend() == "nccl" else torch.device("cpu")
+
+    def all_sum(self, values: Sequence[float]) -> list[float]:
+        """Element-wise sum of ``values`` over every rank (in float64)."""
+        if self.world_size == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._device())
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on any rank (so all ranks act together)."""
+        return self.all_sum([float(flag)])[0] > 0
+
+
+def current() -> Context:
+    """The context of the process group this process has joined (or a single process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return Context()
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextlib.contextmanager
+def session(device: str) -> Iterator[Context]:
+    """Join torchrun's process group for the duration of a run: gloo for CPU students, nccl for
+    CUDA ones (each process on GPU ``LOCAL_RANK``). Outside torchrun, or with one process, it
+    yields a single-process context and does nothing."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if not launched_by_torchrun() or world == 1 or dist.is_initialized():
+        yield current()
+        return
+    cuda = torch.device(device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        yield current()
+        dist.barrier()  # rank 0's files are complete before any rank returns
+    finally:
+        dist.destroy_process_group()
+
+
+def wrap(model: nn.Module, ctx: Context) -> nn.Module:
+    """DistributedDataParallel around the student when there are several ranks (it broadcasts
+    rank 0's weights at construction and averages gradients during backward)."""
+    if ctx.world_size == 1:
+        return model
+    on_cuda = next(model.parameters()).is_cuda
+    return DistributedDataParallel(model, device_ids=[torch.cuda.current_device()] if on_cuda else None)
+
+
+def no_sync(model: nn.Module, sync: bool):
+    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    if sync or not isinstance(model, DistributedDataParallel):
+        return contextlib.nullcontext()
+    return model.no_sync()
+
+
+class GracefulStop:
+    """Within the block, SIGTERM and SIGINT (Ctrl-C) set ``signum`` instead of killing the
+    process, so the engine can finish the step, write a checkpoint and exit; a second signal
+    acts as usual. Outside the main thread signals cannot be caught and this does nothing."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # asked twice: stop now
+            signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print(f"kdistill: {signal.Signals(signum).name} received: finishing this step, then "
+              "writing a checkpoint (send it again to stop at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "GracefulStop":
+        if threading.current_thread() is threading.main_thread():
+            for s in self.SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+def torchrun_command(nproc: int, args: Sequence[str]) -> list[str]:
+    """The torchrun command line that runs ``kdistill ARGS`` in ``nproc`` local processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}", "-m", "kdistill", *args]
+
+
+def exec_torchrun(nproc: int, args: Sequence[str]) -> None:
+    """Replace this process with torchrun (``kdistill distill --nproc N``): torchrun itself
+    spawns, watches and stops the workers."""
+    cmd = torchrun_command(nproc, args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(cmd[0], cmd)
