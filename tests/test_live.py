@@ -50,3 +50,19 @@ def test_compiled_matches_eager():
     eager = LiveTeacher(_model(), num_outputs=5).logits(_batch())
     compiled = LiveTeacher(_model(), num_outputs=5, compile=True)
     torch.testing.assert_close(compiled.logits(_batch()), eager, rtol=1e-5, atol=1e-5)
+
+
+def test_output_adapters_find_the_logits():
+    """Tensors, tuples, HF-style objects with .logits and dicts all give the logits tensor."""
+    from types import SimpleNamespace
+
+    import pytest as _pytest
+
+    from kdistill.errors import ModelError
+    from kdistill.teachers import to_logits
+
+    z = torch.randn(2, 3)
+    for wrapped in (z, (z, "aux"), [z], SimpleNamespace(logits=z), {"logits": z}):
+        assert to_logits(wrapped) is z
+    with _pytest.raises(ModelError, match="cannot find logits"):
+        to_logits("not a model output")
