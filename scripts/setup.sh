@@ -12,7 +12,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
   exit 0
 fi
 [ -x $VENV/bin/python ] || "$PY" -m venv $VENV
-PIP="$VENV/bin/python -m pip install -q --disable-pip-version-check"
+pip_install() {  # quiet, minus the warnings about this machine's local index folders
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+PIP=pip_install
 # torch first and pinned: anything that asks for an unpinned torch would pull a multi-GB CUDA build.
 $PIP "torch==2.13.0"
 $PIP -e ".[all,dev]" "torch==2.13.0"
