@@ -182,3 +182,13 @@ def test_cli_export_errors(tiny_run, tmp_path, monkeypatch, capsys):
     assert code == 2 and "has no 'scratch' model" in out and "it has: distilled (choose with --role)" in out
     code, out = _cli(monkeypatch, capsys, "export", tmp_path)
     assert code == 2 and "holds no run" in out
+
+
+def test_cli_export_bundled_teacher(tiny_run, monkeypatch, capsys):
+    """The bundled teacher has no folder in the run: the config comes from another role's."""
+    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--role", "teacher", "--samples", "300",
+                     "--repeats", "2")
+    assert code == 0, out
+    report = json.loads((tiny_run / "export.json").read_text())
+    assert report["model"] == "teacher" and report["parity"]["onnx_fp32"]["passed"]
+    assert [r["name"] for r in report["rows"]] == ["teacher", "teacher onnx fp32"]
