@@ -129,6 +129,16 @@ def test_unsupported_operator_is_named(tmp_path):
     assert "\n" not in str(err.value)
 
 
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_uncapturable_model_says_why(tmp_path):
+    with pytest.raises(ExportError, match="data-dependent expression"):
+        ex.export_onnx(DataDependent(), torch.rand(3, 4), tmp_path / "d.onnx")
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """A real run directory: the bundled MNIST teacher distilled into a small MLP, 512 samples."""

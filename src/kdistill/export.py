@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import logging
 import re
@@ -55,6 +56,7 @@ import torch
 from torch import nn
 
 from kdistill.errors import ExportError
+from kdistill.evaluate import model_bytes
 from kdistill.teachers.base import to_logits
 
 INT8_OPS = ("MatMul", "Gemm")
@@ -103,13 +105,15 @@ def _widen(x: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter and the quantizer log notes meant for their developers; keep ours clean."""
-    names = ["torch.onnx", "torch.export", "torch._export", "onnxscript", ""]
+    """The exporter and the quantizer log notes meant for their developers; keep ours clean
+    (failures still raise, with the root cause in the message)."""
+    names = ["torch", "torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", ""]
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # failed captures print whole graphs
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -388,12 +392,6 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _state_bytes(model: nn.Module) -> int:
-    from kdistill.evaluate import model_bytes
-
-    return model_bytes(model)
-
-
 def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: torch.Tensor | None = None,
                  teacher: nn.Module | None = None, name: str = "student", quantize: str | None = None,
                  torch_export: bool = False, threads: int = 1, large_batch: int = 256,
@@ -481,9 +479,9 @@ def _rows(student, teacher, name, sessions, artifacts, inputs, labels, reference
     variants = {}
     if teacher is not None:
         teacher = teacher.eval()
-        variants["teacher"] = dict(runtime="pytorch", precision="fp32", size_bytes=_state_bytes(teacher),
+        variants["teacher"] = dict(runtime="pytorch", precision="fp32", size_bytes=model_bytes(teacher),
                                    accuracy=accuracy(torch_logits(teacher, inputs)))
-    variants[name] = dict(runtime="pytorch", precision="fp32", size_bytes=_state_bytes(student),
+    variants[name] = dict(runtime="pytorch", precision="fp32", size_bytes=model_bytes(student),
                           accuracy=accuracy(reference))
     for key, session in sessions.items():
         variants[f"{name} onnx {key.split('_')[1]}"] = dict(
@@ -552,8 +550,6 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
 
 def format_rows(report: dict) -> str:
     """The export report as a plain-text table (what the CLI prints)."""
-    import io
-
     from rich.console import Console
     from rich.table import Table
 
