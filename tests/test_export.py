@@ -99,6 +99,12 @@ def test_causal_lm_dynamic_batch_and_sequence(tmp_path):
     with torch.no_grad():
         want = lm(input_ids=other, use_cache=False).logits
     torch.testing.assert_close(ex.onnx_logits(session, other), want, atol=1e-4, rtol=1e-4)
+    prompt, expected = other[:2, :4], other[:2, :4]
+    with torch.no_grad():  # greedy decoding in PyTorch, one token at a time
+        for _ in range(5):
+            step = lm(input_ids=expected, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, step], 1)
+    assert torch.equal(ex.onnx_generate(session, prompt, 5), expected)
 
 
 @torch.library.custom_op("kdistill_test::wiggle", mutates_args=())

@@ -18,6 +18,7 @@ Steps, each checked:
    layers that hold most of a small student's weights shrink 4x and run faster. int8 parity is
    reported; the guard fails the export only when accuracy drops by more than
    ``int8_max_drop_points`` (default 2 points), since a small loss is the expected price.
+   A language model's export also decodes greedily in ONNX Runtime (:func:`onnx_generate`).
 4. **torch.export** (optional): the captured ``ExportedProgram`` saved as ``.pt2``.
 5. **Latency and size** of the teacher (PyTorch), the student (PyTorch), the student in ONNX fp32
    and int8: median and p95 latency at batch 1 and throughput at a large batch, all variants
@@ -282,6 +283,21 @@ def onnx_logits(session, inputs, batch_size: int = 512) -> torch.Tensor:
     out = [session.run(None, _feed(session, tuple(x[i:i + batch_size] for x in inputs)))[0]
            for i in range(0, n, batch_size)]
     return torch.from_numpy(np.concatenate(out))
+
+
+def onnx_generate(session, input_ids: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy decoding of an exported causal LM through ONNX Runtime. The graph has no KV cache,
+    so each step re-runs the whole sequence: fine for the short outputs of small students.
+    Prompts in a batch must have the same length (the graph takes no attention mask)."""
+    ids = input_ids.numpy()
+    name = session.get_inputs()[0].name
+    for _ in range(max_new_tokens):
+        following = session.run(None, {name: ids})[0][:, -1].argmax(-1)
+        ids = np.concatenate([ids, following[:, None].astype(ids.dtype)], axis=1)
+        if eos_token_id is not None and (following == eos_token_id).all():
+            break
+    return torch.from_numpy(ids)
 
 
 @torch.inference_mode()
