@@ -99,6 +99,12 @@ def test_causal_lm_dynamic_batch_and_sequence(tmp_path):
     with torch.no_grad():
         want = lm(input_ids=other, use_cache=False).logits
     torch.testing.assert_close(ex.onnx_logits(session, other), want, atol=1e-4, rtol=1e-4)
+    prompt, expected = other[:2, :4], other[:2, :4]
+    with torch.no_grad():  # greedy decoding in PyTorch, one token at a time
+        for _ in range(5):
+            step = lm(input_ids=expected, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+            expected = torch.cat([expected, step], 1)
+    assert torch.equal(ex.onnx_generate(session, prompt, 5), expected)
 
 
 @torch.library.custom_op("kdistill_test::wiggle", mutates_args=())
@@ -127,6 +133,16 @@ def test_unsupported_operator_is_named(tmp_path):
                                           r"translation") as err:
         ex.export_onnx(Wiggly().eval(), torch.randn(2, 4), tmp_path / "w.onnx")
     assert "\n" not in str(err.value)
+
+
+class DataDependent(nn.Module):
+    def forward(self, x):
+        return x * 2 if x.sum() > 0 else x
+
+
+def test_uncapturable_model_says_why(tmp_path):
+    with pytest.raises(ExportError, match="data-dependent expression"):
+        ex.export_onnx(DataDependent(), torch.rand(3, 4), tmp_path / "d.onnx")
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +198,13 @@ def test_cli_export_errors(tiny_run, tmp_path, monkeypatch, capsys):
     assert code == 2 and "has no 'scratch' model" in out and "it has: distilled (choose with --role)" in out
     code, out = _cli(monkeypatch, capsys, "export", tmp_path)
     assert code == 2 and "holds no run" in out
+
+
+def test_cli_export_bundled_teacher(tiny_run, monkeypatch, capsys):
+    """The bundled teacher has no folder in the run: the config comes from another role's."""
+    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--role", "teacher", "--samples", "300",
+                     "--repeats", "2")
+    assert code == 0, out
+    report = json.loads((tiny_run / "export.json").read_text())
+    assert report["model"] == "teacher" and report["parity"]["onnx_fp32"]["passed"]
+    assert [r["name"] for r in report["rows"]] == ["teacher", "teacher onnx fp32"]

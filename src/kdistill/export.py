@@ -18,6 +18,7 @@ Steps, each checked:
    layers that hold most of a small student's weights shrink 4x and run faster. int8 parity is
    reported; the guard fails the export only when accuracy drops by more than
    ``int8_max_drop_points`` (default 2 points), since a small loss is the expected price.
+   A language model's export also decodes greedily in ONNX Runtime (:func:`onnx_generate`).
 4. **torch.export** (optional): the captured ``ExportedProgram`` saved as ``.pt2``.
 5. **Latency and size** of the teacher (PyTorch), the student (PyTorch), the student in ONNX fp32
    and int8: median and p95 latency at batch 1 and throughput at a large batch, all variants
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
 import json
 import logging
 import re
@@ -55,6 +57,7 @@ import torch
 from torch import nn
 
 from kdistill.errors import ExportError
+from kdistill.evaluate import model_bytes
 from kdistill.teachers.base import to_logits
 
 INT8_OPS = ("MatMul", "Gemm")
@@ -103,13 +106,15 @@ def _widen(x: torch.Tensor, axes: dict[int, str]) -> torch.Tensor:
 
 @contextlib.contextmanager
 def _quiet():
-    """The exporter and the quantizer log notes meant for their developers; keep ours clean."""
-    names = ["torch.onnx", "torch.export", "torch._export", "onnxscript", ""]
+    """The exporter and the quantizer log notes meant for their developers; keep ours clean
+    (failures still raise, with the root cause in the message)."""
+    names = ["torch", "torch.onnx", "torch.export", "torch._export", "torch.fx", "onnxscript", ""]
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+                contextlib.redirect_stderr(io.StringIO()):  # failed captures print whole graphs
             warnings.simplefilter("ignore")
             yield
     finally:
@@ -280,6 +285,21 @@ def onnx_logits(session, inputs, batch_size: int = 512) -> torch.Tensor:
     return torch.from_numpy(np.concatenate(out))
 
 
+def onnx_generate(session, input_ids: torch.Tensor, max_new_tokens: int,
+                  eos_token_id: int | None = None) -> torch.Tensor:
+    """Greedy decoding of an exported causal LM through ONNX Runtime. The graph has no KV cache,
+    so each step re-runs the whole sequence: fine for the short outputs of small students.
+    Prompts in a batch must have the same length (the graph takes no attention mask)."""
+    ids = input_ids.numpy()
+    name = session.get_inputs()[0].name
+    for _ in range(max_new_tokens):
+        following = session.run(None, {name: ids})[0][:, -1].argmax(-1)
+        ids = np.concatenate([ids, following[:, None].astype(ids.dtype)], axis=1)
+        if eos_token_id is not None and (following == eos_token_id).all():
+            break
+    return torch.from_numpy(ids)
+
+
 @torch.inference_mode()
 def torch_logits(model: nn.Module, inputs, batch_size: int = 512) -> torch.Tensor:
     model.eval()
@@ -388,12 +408,6 @@ def _remove(path: Path) -> None:
         p.unlink(missing_ok=True)
 
 
-def _state_bytes(model: nn.Module) -> int:
-    from kdistill.evaluate import model_bytes
-
-    return model_bytes(model)
-
-
 def export_model(student: nn.Module, out_dir: str | Path, *, inputs, labels: torch.Tensor | None = None,
                  teacher: nn.Module | None = None, name: str = "student", quantize: str | None = None,
                  torch_export: bool = False, threads: int = 1, large_batch: int = 256,
@@ -481,9 +495,9 @@ def _rows(student, teacher, name, sessions, artifacts, inputs, labels, reference
     variants = {}
     if teacher is not None:
         teacher = teacher.eval()
-        variants["teacher"] = dict(runtime="pytorch", precision="fp32", size_bytes=_state_bytes(teacher),
+        variants["teacher"] = dict(runtime="pytorch", precision="fp32", size_bytes=model_bytes(teacher),
                                    accuracy=accuracy(torch_logits(teacher, inputs)))
-    variants[name] = dict(runtime="pytorch", precision="fp32", size_bytes=_state_bytes(student),
+    variants[name] = dict(runtime="pytorch", precision="fp32", size_bytes=model_bytes(student),
                           accuracy=accuracy(reference))
     for key, session in sessions.items():
         variants[f"{name} onnx {key.split('_')[1]}"] = dict(
@@ -552,8 +566,6 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
 
 def format_rows(report: dict) -> str:
     """The export report as a plain-text table (what the CLI prints)."""
-    import io
-
     from rich.console import Console
     from rich.table import Table
 
