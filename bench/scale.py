@@ -111,9 +111,16 @@ def _signal_case(tmp, name, cfg, signum, nproc=1):
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=600)
     state = load_checkpoint(ckpt)
+    if "Traceback" not in out:
+        traceback = "none"
+    elif "SignalException" in out and out.count("Traceback") == 1:
+        traceback = "torchrun's own SignalException only"
+    else:
+        traceback = "yes"
+    stopped = sum(line.startswith("stopped:") for line in out.splitlines())
     return (f"exit {proc.returncode}; checkpoint at step {state['step']} (epoch {state['epoch'] + 1}, "
             f"step {state['step_in_epoch']} in epoch) by {state['world_size']} process(es); "
-            f"traceback: {'yes' if 'Traceback' in out else 'no'}; says: {last_line(out)}"), run_dir, args
+            f"{stopped} process(es) stopped cleanly; traceback: {traceback}; says: {last_line(out)}"), run_dir, args
 
 
 def faults(tmp: Path) -> list[dict]:
