@@ -235,7 +235,9 @@ def faults(tmp: Path) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="~1-3 minutes: fewer samples, one round")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer samples, one round: same code path (a few minutes on a busy 2-core "
+                    "machine, mostly process start-up)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
     a = ap.parse_args()
