@@ -18,6 +18,7 @@ from kdistill.errors import CheckpointError, ConfigError, ModelError
 from kdistill.models import MLP, load_weights
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "kdistill"
+pytestmark = pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 
 
 class Exploit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -88,7 +89,8 @@ def train(config: Path = CONFIG,
 
     _relaunch(nproc, "train", config, resume, output_dir, "--role", role)
     result = run_train(_load(config, output_dir), role=role, resume=resume)
-    typer.echo(f"saved {result.out_dir}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for all
+        typer.echo(f"saved {result.out_dir}")
 
 
 @app.command()
@@ -101,7 +103,8 @@ def distill(config: Path = CONFIG,
 
     _relaunch(nproc, "distill", config, resume, output_dir)
     result = run_distill(_load(config, output_dir), resume=resume)
-    typer.echo(f"saved {result.out_dir}")
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(f"saved {result.out_dir}")
 
 
 @app.command("cache-teacher")

@@ -275,7 +275,8 @@ class Engine:
         state = load_checkpoint(self.out_dir / CHECKPOINT)
         if state["config_fingerprint"] != self.cfg.fingerprint(exclude=RESUMABLE_CHANGES):
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by a different config; "
-                                  "resume with the same config (only train.epochs may change)")
+                                  "resume with the same config (only train.epochs, train.progress and "
+                                  "train.checkpoint_every_steps may change)")
         if state.get("world_size", 1) != self.dist.world_size:
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by {state.get('world_size', 1)} "
                                   f"process(es), this run has {self.dist.world_size}: resume with "
