@@ -93,6 +93,7 @@ def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)
 
     cfg = _load(config, output_dir)
     _print_rows(evaluate_run(cfg), f"{cfg.name}: test split")
+    typer.echo(f"report: {Path(cfg.train.output_dir) / 'report.html'}")
 
 
 @app.command()
