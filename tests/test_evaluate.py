@@ -135,7 +135,9 @@ def test_format_cell_and_verdict_single_run():
     assert verdict(rows[:2])[0] is None
     assert "distilled" in format_table(rows, "t")
     held, text = verdict([_row("scratch", 0.97), _row("distilled", 0.95)])
-    assert held is False and "did not pay" in text
+    assert held is False and "did not pay" in text and "closes none" not in text
+    held, text = verdict([_row("teacher", 0.99), _row("scratch", 0.97), _row("distilled", 0.95)])
+    assert held is False and "closes none of the scratch-to-teacher gap" in text
 
 
 def test_time_calls_repeats_and_budget():

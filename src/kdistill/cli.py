@@ -124,6 +124,7 @@ def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)
 
     cfg = _load(config, output_dir)
     _print_rows(evaluate_run(cfg), f"{cfg.name}: test split")
+    typer.echo(f"report: {Path(cfg.train.output_dir) / 'report.html'}")
 
 
 @app.command()
@@ -136,8 +137,7 @@ def compare(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(Non
 
 @app.command()
 def report(run_dir: Path = typer.Argument(..., help="a run's output directory")) -> None:
-    """Rebuild RUN_DIR/report.html from the run's files (comparison.json, config.yaml, the
-    metrics.jsonl of each role): nothing is re-trained."""
+    """Rebuild RUN_DIR/report.html from the run's files alone (nothing is re-trained)."""
     from kdistill.report import write_report
 
     typer.echo(f"report: {write_report(run_dir)}")

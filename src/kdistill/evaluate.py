@@ -299,8 +299,10 @@ def verdict(rows: list[ModelReport] | list[dict]) -> tuple[bool | None, str]:
         text += f" The teacher reaches {100 * t:.2f}%"
         if d >= t:
             text += "; the distilled student matches or beats it"
-        elif t > s:
+        elif d > s:
             text += f"; the distilled student closes {100 * (d - s) / (t - s):.0f}% of the scratch-to-teacher gap"
+        else:
+            text += "; the distilled student closes none of the scratch-to-teacher gap"
         tp, dp = dicts["teacher"]["parameters"], dicts["distilled"]["parameters"]
         tp, dp = (tp["mean"], dp["mean"]) if isinstance(tp, dict) else (tp, dp)
         text += f" with {tp / dp:.1f}x fewer parameters." if dp else "."
