@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdistill.checkpoint import sha256_file
 from kdistill.data import Batches, Split
 from kdistill.errors import CacheError, ConfigError
 from kdistill.losses.topk import TopKLogits
@@ -142,14 +143,6 @@ def write_cache(teacher: TeacherSource, split: Split, path: str | Path, *, forma
     return header
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class CachedTeacher(TeacherSource):
     """Teacher outputs read from a cache by ``batch["index"]``: dense logits (a tensor) or a
     ``TopKLogits``; either goes to the same ``kd_objective``."""
@@ -170,7 +163,7 @@ class CachedTeacher(TeacherSource):
             if size != spec["bytes"]:
                 raise CacheError(f"teacher cache file {file} holds {size} bytes but its header says "
                                  f"{spec['bytes']}: the cache is truncated or damaged; re-run `kdistill cache-teacher`")
-            if verify_checksum and _sha256_file(file) != spec["sha256"]:
+            if verify_checksum and sha256_file(file) != spec["sha256"]:
                 raise CacheError(f"teacher cache file {file} does not match its SHA-256 in {HEADER}: "
                                  "the cache is damaged; re-run `kdistill cache-teacher`")
             self.arrays[name] = np.memmap(file, dtype=np.dtype(spec["dtype"]), mode="r",
