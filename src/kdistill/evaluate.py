@@ -44,16 +44,17 @@ def model_bytes(model: nn.Module) -> int:
 
 
 @torch.inference_mode()
-def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 50) -> float:
-    """Median CPU latency of one forward pass at batch 1, in milliseconds."""
+def latency_ms(model: nn.Module, sample: torch.Tensor | dict, repeats: int = 50) -> float:
+    """Median CPU latency of one forward pass at batch 1, in milliseconds (a dict sample is
+    passed as keyword inputs, e.g. input_ids and attention_mask)."""
     model.eval()
-    x = sample[:1]
+    run = (lambda: model(**sample)) if isinstance(sample, dict) else (lambda: model(sample[:1]))
     for _ in range(5):
-        model(x)
+        run()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        model(x)
+        run()
         times.append(time.perf_counter() - t)
     return sorted(times)[len(times) // 2] * 1e3
 
@@ -73,9 +74,15 @@ class ModelReport:
 
 
 def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None = "teacher",
-            timing_sample: torch.Tensor | None = None) -> list[ModelReport]:
-    """Evaluate each model on the same batches; agreement and KL are against ``teacher``."""
-    outputs = {name: task.predict(model, batches) for name, model in models.items()}
+            timing_sample: torch.Tensor | None = None,
+            timing_samples: dict | None = None) -> list[ModelReport]:
+    """Evaluate each model on the same batches; agreement and KL are against ``teacher``.
+
+    For models that read different inputs of the same samples (e.g. each its own tokenization),
+    ``task`` may be a dict of tasks by model name and ``timing_samples`` one sample per model."""
+    tasks = task if isinstance(task, dict) else dict.fromkeys(models, task)
+    samples = timing_samples or dict.fromkeys(models, timing_sample)
+    outputs = {name: tasks[name].predict(model, batches) for name, model in models.items()}
     ref = outputs[teacher][0] if teacher in outputs else None
     rows = []
     for name, model in models.items():
@@ -88,7 +95,7 @@ def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None 
             agreement=agreement(logits, ref) if ref is not None else None,
             kl_to_teacher=kl_to(ref, logits) if ref is not None else None,
             parameters=count_parameters(model), size_bytes=model_bytes(model),
-            latency_ms_b1=latency_ms(model, timing_sample) if timing_sample is not None else float("nan"),
+            latency_ms_b1=latency_ms(model, samples[name]) if samples[name] is not None else float("nan"),
         ))
     return rows
 

@@ -13,5 +13,7 @@ from kdistill.losses.classification import (
     reduce,
     soft_target_kl,
 )
+from kdistill.losses.intermediate import attention_kl, hidden_state_mse
 
-__all__ = ["Reduction", "hard_cross_entropy", "kd_objective", "reduce", "soft_target_kl"]
+__all__ = ["Reduction", "attention_kl", "hard_cross_entropy", "hidden_state_mse", "kd_objective",
+           "reduce", "soft_target_kl"]
