@@ -126,6 +126,8 @@ class HFSpec(_ModelBase):
                           "defaults to name_or_path")
     head: Literal["auto", "mean", "cls"] = "mean"
     dropout: float = Field(0.1, ge=0, lt=1, description="mean/cls heads: dropout before the head")
+    freeze_embeddings: bool = Field(False, description="keep the token embeddings fixed while training "
+                                                       "(cheaper fine-tuning of a pretrained encoder)")
     init_from_teacher: bool = Field(
         False, description="copy the teacher's embeddings (PCA-projected when narrower) and the "
                            "layers in teacher_layers before training, as DistilBERT was initialised")

@@ -150,6 +150,8 @@ def build_text_model(spec, num_classes: int, vocab_size: int | None = None, pad_
                 model = AutoModel.from_pretrained(path, config=config, local_files_only=True, **kw)
         if spec.head != "auto":
             model = EncoderClassifier(model, num_classes, spec.head, spec.dropout)
+        if spec.freeze_embeddings:
+            encoder_of(model).get_input_embeddings().weight.requires_grad_(False)
     if spec.weights is not None:
         load_weights(model, spec.weights)
     return model
