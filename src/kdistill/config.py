@@ -173,6 +173,10 @@ class LiveTeacherConfig(Strict):
     device: Optional[str] = Field(None, description="defaults to the student's device")
     memoize: bool = Field(False, description="text tasks: keep each training sample's teacher outputs "
                                              "in memory after its first pass (text is never augmented)")
+    optim: Optional[OptimConfig] = Field(
+        None, description="text tasks, --role teacher: the fine-tuning optimizer (else the run's optim)")
+    epochs: Optional[int] = Field(
+        None, gt=0, description="text tasks, --role teacher: fine-tuning epochs (else train.epochs)")
 
 
 # One kind now; more teacher sources join as a discriminated union on ``kind``.

@@ -107,6 +107,9 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
         if cfg.teacher is None:
             raise ConfigError("--role teacher needs a `teacher:` section in the config")
         spec = cfg.teacher.model
+        cfg = cfg.model_copy(update={
+            "optim": cfg.teacher.optim or cfg.optim,
+            "train": cfg.train.model_copy(update={"epochs": cfg.teacher.epochs or cfg.train.epochs})})
     else:
         spec = cfg.student
     tokenizer = tokenizer_for(spec)
