@@ -16,13 +16,14 @@ from torch import nn
 
 from kdistill.checkpoint import atomic_write_text
 from kdistill.config import RunConfig
-from kdistill.data.text import TextBatches, TextSplits, build_text_data, encode, tokenize, pad
+from kdistill.data.text import TextBatches, TextSplits, build_text_data, encode, pad, tokenize
 from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, compare, rows_as_dicts
 from kdistill.models import count_parameters, load_weights
+from kdistill.runs import ROLES, STUDENT_WEIGHTS, RunResult, role_dir, save_model
 from kdistill.models.text import WithProjections, build_text_model, init_from_teacher, load_tokenizer, unwrap
-from kdistill.tasks.text import TextClassificationTask, plan_layer_terms
+from kdistill.tasks.text import TextClassificationTask, ever_nonzero, plan_layer_terms
 from kdistill.teachers.text import TextTeacher
 
 
@@ -44,8 +45,6 @@ def _model(spec, data: TextSplits, tokenizer, attentions: bool = False, fresh: b
 
 def teacher_model(cfg: RunConfig, data: TextSplits, tokenizer=None, attentions: bool = False) -> nn.Module:
     """The teacher from its weights file, or this run's fine-tuned teacher."""
-    from kdistill.runs import STUDENT_WEIGHTS, role_dir
-
     if cfg.teacher is None:
         raise ConfigError("this needs a teacher: add a `teacher:` section to the config")
     spec = cfg.teacher.model
@@ -71,8 +70,7 @@ def build_teacher(cfg: RunConfig, data: TextSplits, hidden_layers=(), attention_
 
 def _fit(cfg: RunConfig, model: nn.Module, task: TextClassificationTask, data: TextSplits, tokenizer,
          teacher_tokenizer, teacher: TextTeacher | None, out_dir: Path, resume: bool, notes: dict):
-    from kdistill.runs import STUDENT_WEIGHTS, RunResult, save_model
-
+    """Tokenize for this run, train with the engine, export the plain model and a summary."""
     d = cfg.data
     encode(data, tokenizer, d.max_length, teacher_tokenizer)
     pad_id = _pad_id(tokenizer)
@@ -98,8 +96,6 @@ def _fit(cfg: RunConfig, model: nn.Module, task: TextClassificationTask, data: T
 def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = None,
           data: TextSplits | None = None, resume: bool = False, out_dir: Path | None = None):
     """Fine-tune the teacher (``role="teacher"``) or train the scratch student on labels alone."""
-    from kdistill.runs import role_dir
-
     if role not in ("scratch", "teacher"):
         raise ConfigError(f"role must be 'scratch' or 'teacher', got {role!r}")
     data = data or build_text_data(cfg.data)
@@ -125,13 +121,11 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
     """Distil the teacher into the student: soft targets + labels, plus hidden-state and
     attention terms when their weights are set. ``teacher`` may be a ready ``TextTeacher`` (e.g.
     one memoizing across several runs), a model, or None for the config's."""
-    from kdistill.runs import role_dir
-
     if cfg.teacher is None:
         raise ConfigError("distillation needs a `teacher:` section in the config")
     data = data or build_text_data(cfg.data)
     tokenizer, teacher_tokenizer = tokenizer_for(cfg.student), tokenizer_for(cfg.teacher.model)
-    attentions = bool(as_float_ever(cfg.loss.attention_weight))
+    attentions = ever_nonzero(cfg.loss.attention_weight)
     torch.manual_seed(cfg.seed)
     model = student if student is not None else _model(cfg.student, data, tokenizer, attentions)
     t_model = teacher.model if isinstance(teacher, TextTeacher) else (
@@ -156,12 +150,6 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
                                   loss_cfg=cfg.loss, projections=projections)
     return _fit(cfg, model, task, data, tokenizer, teacher_tokenizer, source,
                 Path(out_dir or role_dir(cfg, "distilled")), resume, notes)
-
-
-def as_float_ever(spec) -> bool:
-    from kdistill.tasks.text import _ever_nonzero
-
-    return _ever_nonzero(spec)
 
 
 def timing_inputs(tokenizer, text: str, max_length: int) -> dict[str, torch.Tensor]:
@@ -190,8 +178,6 @@ def compare_models(models: dict[str, tuple[nn.Module, str]], data: TextSplits, t
 
 def evaluate_run(cfg: RunConfig, data: TextSplits | None = None) -> list[ModelReport]:
     """Compare the run's teacher, scratch and distilled students on the test split."""
-    from kdistill.runs import ROLES, STUDENT_WEIGHTS, role_dir
-
     data = data or build_text_data(cfg.data)
     tokenizer = tokenizer_for(cfg.student)
     teacher_tokenizer = tokenizer_for(cfg.teacher.model) if cfg.teacher is not None else None
@@ -218,8 +204,6 @@ def evaluate_run(cfg: RunConfig, data: TextSplits | None = None) -> list[ModelRe
 
 def run_comparison(cfg: RunConfig) -> list[ModelReport]:
     """Fine-tune the teacher if it has no weights, train the scratch student, distil, compare."""
-    from kdistill.runs import STUDENT_WEIGHTS, role_dir
-
     data = build_text_data(cfg.data)
     if cfg.teacher is not None and cfg.teacher.model.weights is None \
             and not (role_dir(cfg, "teacher") / STUDENT_WEIGHTS).is_file():

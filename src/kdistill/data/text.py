@@ -174,7 +174,8 @@ def build_text_data(cfg) -> TextSplits:
                                          cfg.split_seed + 1)
     named["train"] = train
 
-    classes = list(cfg.classes) if cfg.classes else sorted(set(train[1]))
+    numeric = lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c)  # 2 before 10
+    classes = list(cfg.classes) if cfg.classes else sorted(set(train[1]), key=numeric)
     if len(classes) < 2:
         raise DataError(f"the training labels hold {len(classes)} class ({classes}): classification "
                         "needs at least 2; check data.label_column")

@@ -49,8 +49,8 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> list[tuple[in
 
 def plan_layer_terms(loss_cfg, student: nn.Module, teacher: nn.Module) -> tuple[LayerTerms, nn.ModuleDict]:
     """The layer pairs for the active terms and a projection per hidden pair whose widths differ."""
-    hidden_on = _ever_nonzero(loss_cfg.hidden_weight)
-    attention_on = _ever_nonzero(loss_cfg.attention_weight)
+    hidden_on = ever_nonzero(loss_cfg.hidden_weight)
+    attention_on = ever_nonzero(loss_cfg.attention_weight)
     if not (hidden_on or attention_on):
         return LayerTerms(), nn.ModuleDict()
     s_cfg, t_cfg = encoder_of(student).config, encoder_of(teacher).config
@@ -73,7 +73,8 @@ def plan_layer_terms(loss_cfg, student: nn.Module, teacher: nn.Module) -> tuple[
     return terms, projections
 
 
-def _ever_nonzero(spec) -> bool:
+def ever_nonzero(spec) -> bool:
+    """Whether a weight schedule is non-zero at some point of training."""
     s = as_schedule(spec)
     return bool(s.at(0.0) or s.at(0.5) or s.at(1.0) or (s.warmup_steps and s.warmup_start))
 
