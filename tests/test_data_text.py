@@ -109,3 +109,10 @@ def test_dynamic_padding_and_grouping_by_length(tmp_path):
     random_padding = sum(int(lengths[idx].max() * len(idx) - lengths[idx].sum())
                          for idx in torch.randperm(len(lengths), generator=torch.Generator().manual_seed(0)).split(8))
     assert padded < random_padding
+
+
+def test_numeric_labels_keep_numeric_order(tmp_path):
+    rows = [{"text": r["text"], "label": 10 if r["label"] == "pos" else 2} for r in toy_rows(12)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = build_text_data(TextDataConfig(dataset="jsonl", path=str(tmp_path / "d.jsonl")))
+    assert data.class_names == ["2", "10"]
