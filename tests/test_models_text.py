@@ -52,6 +52,14 @@ def test_no_downloads_and_clear_errors(vocab):
         build_text_model(HFSpec(config={**tiny_bert(), "vocab_size": 5}, tokenizer=vocab), 2, vocab_size=26)
 
 
+def test_vocab_txt_tokenizer_knows_its_words(vocab):
+    tok = load_tokenizer(vocab)
+    ids = tok("Good film, BAD plot")["input_ids"]
+    assert len(tok) == 27 and ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    assert tok.unk_token_id not in (ids[1], ids[2], ids[4], ids[5])  # lower-cased words are known
+    assert tok.pad_token_id == 0
+
+
 def test_bundled_minilm_tokenizer_loads_offline():
     tok = load_tokenizer("all-MiniLM-L6-v2")
     assert tok("A fresh film")["input_ids"][0] == tok.cls_token_id and len(tok) == 30522

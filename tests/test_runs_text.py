@@ -70,3 +70,15 @@ def test_config_errors_name_the_fix(tmp_path, change, message):
     raw = {**text_config(tmp_path, n=8), **change}
     with pytest.raises(ConfigError, match=message):
         RunConfig.parse(raw)
+
+
+def test_text_cnn_student_distils_from_a_bert_teacher(tmp_path):
+    raw = text_config(tmp_path, n=48, epochs=1)
+    vocab = raw["teacher"]["model"]["tokenizer"]
+    raw["student"] = {"arch": "text_cnn", "tokenizer": vocab, "embed_dim": 8, "channels": 4,
+                      "init_from_teacher": True}
+    cfg = RunConfig.parse(raw)
+    runs.train(cfg, role="teacher")
+    result = runs.distill(cfg)
+    summary = json.loads((tmp_path / "run" / "distilled" / "summary.json").read_text())
+    assert summary["init_from_teacher"] == "token embeddings" and result.history[-1]["epoch"] == 1

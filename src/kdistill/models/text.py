@@ -38,19 +38,41 @@ def resolve(name_or_path: str) -> Path:
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     """A fast tokenizer from a folder, a WordPiece vocab.txt, or a bundled name."""
-    from transformers import AutoTokenizer, BertTokenizerFast
+    from transformers import AutoTokenizer
 
     path = resolve(name_or_path)
     if path.is_file():
         if path.suffix != ".txt":
             raise ModelError(f"tokenizer {path}: give a tokenizer folder or a WordPiece vocab.txt")
-        return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+        return wordpiece_tokenizer(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True,
                                              trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise ModelError(f"no tokenizer could be loaded from {path}: {str(exc).splitlines()[0]}") from None
+
+
+def wordpiece_tokenizer(vocab_file: Path):
+    """A lower-casing BERT WordPiece tokenizer from a vocab.txt (built with ``tokenizers``, which
+    reads the file the same way in every transformers version)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
+    from tokenizers.models import WordPiece
+    from transformers import PreTrainedTokenizerFast
+
+    specials = {"unk_token": "[UNK]", "sep_token": "[SEP]", "pad_token": "[PAD]", "cls_token": "[CLS]",
+                "mask_token": "[MASK]"}
+    vocab = {line.rstrip("\n"): i for i, line in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
+    missing = [t for t in specials.values() if t not in vocab]
+    if missing:
+        raise ModelError(f"tokenizer {vocab_file} lacks the special tokens {missing}: add them to the vocab")
+    tok = Tokenizer(WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **specials)
 
 
 class EncoderClassifier(nn.Module):
