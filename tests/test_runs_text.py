@@ -82,3 +82,21 @@ def test_text_cnn_student_distils_from_a_bert_teacher(tmp_path):
     result = runs.distill(cfg)
     summary = json.loads((tmp_path / "run" / "distilled" / "summary.json").read_text())
     assert summary["init_from_teacher"] == "token embeddings" and result.history[-1]["epoch"] == 1
+
+
+def test_token_level_terms_need_the_teachers_tokenizer(tmp_path):
+    raw = text_config(tmp_path, n=24, loss={"hidden_weight": 1.0})
+    other = tmp_path / "other"
+    other.mkdir()
+    vocab = (tmp_path / "vocab.txt").read_text().splitlines()
+    (other / "vocab.txt").write_text("\n".join(vocab[:-1]) + "\n")  # one word fewer
+    raw["student"]["tokenizer"] = str(other / "vocab.txt")
+    raw["student"]["config"]["vocab_size"] = len(vocab)
+    cfg = RunConfig.parse(raw)
+    runs.train(cfg, role="teacher")
+    with pytest.raises(ConfigError, match="teacher's tokenizer"):
+        runs.distill(cfg)
+    # soft targets alone only match class distributions: each model keeps its own tokenizer
+    logits_only = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"hidden_weight": 0.0}),
+                                         "train": cfg.train.model_copy(update={"epochs": 1})})
+    assert runs.distill(logits_only).history[-1]["epoch"] == 1

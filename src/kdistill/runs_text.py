@@ -131,6 +131,13 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
     t_model = teacher.model if isinstance(teacher, TextTeacher) else (
         teacher if teacher is not None else teacher_model(cfg, data, teacher_tokenizer, attentions))
     notes = {"role": "distilled"}
+    same_tokens = tokenizer.get_vocab() == teacher_tokenizer.get_vocab()
+    needs_same = [name for name, on in (
+        ("student.init_from_teacher", getattr(cfg.student, "init_from_teacher", False)),
+        ("loss.hidden_weight", ever_nonzero(cfg.loss.hidden_weight)), ("loss.attention_weight", attentions)) if on]
+    if needs_same and not same_tokens:
+        raise ConfigError(f"{', '.join(needs_same)} match the student to the teacher token by token: "
+                          "give the student the teacher's tokenizer (student.tokenizer)")
     if getattr(cfg.student, "init_from_teacher", False):
         notes["init_from_teacher"] = init_from_teacher(model, t_model, cfg.student)
     terms, projections = plan_layer_terms(cfg.loss, model, t_model) if cfg.student.arch == "hf" else (None, None)
