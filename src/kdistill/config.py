@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
@@ -44,6 +44,42 @@ class DataConfig(Strict):
     grayscale: bool = False
 
 
+TEXT_DATASETS = ("rotten_tomatoes", "csv", "jsonl", "hf")
+
+
+class TextDataConfig(Strict):
+    """Text classification data: a built-in corpus, CSV / JSONL files or a Hugging Face dataset."""
+
+    dataset: Literal["rotten_tomatoes", "csv", "jsonl", "hf"] = "rotten_tomatoes"
+    path: Optional[str] = Field(None, description="csv/jsonl: the training file (or the only file); "
+                                "hf: a dataset folder saved with save_to_disk, or a dataset name")
+    val_path: Optional[str] = Field(None, description="csv/jsonl: validation file (else split off)")
+    test_path: Optional[str] = Field(None, description="csv/jsonl: test file (else split off)")
+    text_column: str = "text"
+    label_column: str = "label"
+    classes: Optional[list[str]] = Field(
+        None, min_length=2, description="the class set in order; defaults to the sorted training labels")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="held out of train when no val file/split")
+    test_fraction: float = Field(0.1, ge=0, lt=1, description="held out of train when no test file/split")
+    split_seed: int = Field(0, description="seed of the fixed train/val/test split")
+    max_length: int = Field(64, ge=4, description="tokens per text (each tokenizer truncates to it)")
+    batch_size: int = Field(32, gt=0)
+    eval_batch_size: int = Field(128, gt=0)
+    length_pool_batches: int = Field(
+        50, gt=0, description="batching by length: shuffle, then sort pools of this many batches")
+    limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
+    limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N val and test samples")
+
+
+def _data_kind(v: Any) -> str:
+    dataset = v.get("dataset") if isinstance(v, dict) else getattr(v, "dataset", None)
+    return "text" if dataset in TEXT_DATASETS else "image"
+
+
+AnyDataConfig = Annotated[Union[Annotated[DataConfig, Tag("image")], Annotated[TextDataConfig, Tag("text")]],
+                          Discriminator(_data_kind)]
+
+
 # ---------------------------------------------------------------- models
 class _ModelBase(Strict):
     weights: Optional[Path] = Field(
@@ -72,7 +108,60 @@ class PretrainedSpec(_ModelBase):
     name: Literal["ccexam-mnist"] = "ccexam-mnist"
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec], Field(discriminator="arch")]
+class HFSpec(_ModelBase):
+    """A Hugging Face encoder for text: a local folder (or a bundled name) or a config dict.
+
+    ``head: auto`` is AutoModelForSequenceClassification (loads fine-tuned classifiers as they are);
+    ``mean``/``cls`` put a linear head on the encoder's mean-pooled / first token states (mean
+    pooling suits sentence-embedding encoders such as all-MiniLM-L6-v2).
+    """
+
+    arch: Literal["hf"] = "hf"
+    name_or_path: Optional[str] = Field(
+        None, description="a local model folder, or a bundled name: all-MiniLM-L6-v2 (never downloaded)")
+    config: Optional[dict[str, Any]] = Field(
+        None, description="build from scratch: model config fields (model_type defaults to bert)")
+    tokenizer: Optional[str] = Field(
+        None, description="a tokenizer folder, a WordPiece vocab.txt, or a bundled name; "
+                          "defaults to name_or_path")
+    head: Literal["auto", "mean", "cls"] = "mean"
+    dropout: float = Field(0.1, ge=0, lt=1, description="mean/cls heads: dropout before the head")
+    freeze_embeddings: bool = Field(False, description="keep the token embeddings fixed while training "
+                                                       "(cheaper fine-tuning of a pretrained encoder)")
+    init_from_teacher: bool = Field(
+        False, description="copy the teacher's embeddings (PCA-projected when narrower) and the "
+                           "layers in teacher_layers before training, as DistilBERT was initialised")
+    teacher_layers: Optional[list[int]] = Field(
+        None, description="teacher layers (1-based) copied into student layers 1..n; default every "
+                          "other layer when widths match")
+    trust_remote_code: bool = False
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "HFSpec":
+        if (self.name_or_path is None) == (self.config is None):
+            raise ValueError("give exactly one of name_or_path (pretrained) or config (from scratch)")
+        if self.config is not None and self.tokenizer is None:
+            raise ValueError("a model built from config needs `tokenizer` (a folder, a vocab.txt or "
+                             "a bundled name such as all-MiniLM-L6-v2)")
+        return self
+
+
+class TextCNNSpec(_ModelBase):
+    """A small non-transformer text classifier: embeddings -> 1-D convolutions -> max over time."""
+
+    arch: Literal["text_cnn"] = "text_cnn"
+    tokenizer: str = Field(description="a tokenizer folder, a WordPiece vocab.txt, or a bundled name")
+    embed_dim: int = Field(128, gt=0)
+    channels: int = Field(128, gt=0, description="filters per kernel size")
+    kernel_sizes: list[int] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
+    dropout: float = Field(0.3, ge=0, lt=1)
+    init_from_teacher: bool = Field(False, description="initialise the embeddings with the teacher's, "
+                                                       "PCA-projected to embed_dim (same tokenizer)")
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec, HFSpec, TextCNNSpec],
+                      Field(discriminator="arch")]
+TEXT_ARCHS = ("hf", "text_cnn")
 
 
 # ---------------------------------------------------------------- teacher
@@ -82,6 +171,12 @@ class LiveTeacherConfig(Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     compile: bool = False
     device: Optional[str] = Field(None, description="defaults to the student's device")
+    memoize: bool = Field(False, description="text tasks: keep each training sample's teacher outputs "
+                                             "in memory after its first pass (text is never augmented)")
+    optim: Optional[OptimConfig] = Field(
+        None, description="text tasks, --role teacher: the fine-tuning optimizer (else the run's optim)")
+    epochs: Optional[int] = Field(
+        None, gt=0, description="text tasks, --role teacher: fine-tuning epochs (else train.epochs)")
 
 
 class CacheTeacherConfig(Strict):
@@ -120,6 +215,11 @@ class LossConfig(Strict):
     temperature: ScheduleSpec = 4.0
     soft_weight: ScheduleSpec = 0.7
     hard_weight: ScheduleSpec = 0.3
+    hidden_weight: ScheduleSpec = Field(0.0, description="text: hidden-state MSE (TinyBERT) weight")
+    attention_weight: ScheduleSpec = Field(0.0, description="text: attention-map KL (MiniLM) weight")
+    layer_map: Optional[list[tuple[int, int]]] = Field(
+        None, description="text: [student, teacher] hidden-state indices (0 = embeddings, i = layer i)"
+                          "; default: a uniform map including 0 -> 0")
 
     @field_validator("temperature", "soft_weight", "hard_weight", mode="after")
     @classmethod
@@ -166,12 +266,34 @@ class TrainConfig(Strict):
 class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
+    task: Literal["classification", "text_classification"] = "classification"
+    data: AnyDataConfig = Field(default_factory=DataConfig)
     student: ModelSpec = Field(default_factory=MLPSpec)
     teacher: Optional[TeacherConfig] = None
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> "RunConfig":
+        text = self.task == "text_classification"
+        models = [("student", self.student)] + ([("teacher.model", self.teacher.model)] if self.teacher else [])
+        if text != isinstance(self.data, TextDataConfig):
+            raise ValueError(f"task {self.task} does not fit data.dataset {self.data.dataset}: text "
+                             f"datasets ({', '.join(TEXT_DATASETS)}) go with task: text_classification")
+        for where, spec in models:
+            if text != (spec.arch in TEXT_ARCHS):
+                raise ValueError(f"{where}.arch {spec.arch} does not fit task {self.task}: text tasks "
+                                 f"take arch {' or '.join(TEXT_ARCHS)}, image tasks the others")
+        if self.teacher and self.teacher.memoize and not text:
+            raise ValueError("teacher.memoize is for text tasks only (images may be augmented)")
+        intermediate = any(as_schedule(w).at(0.0) or as_schedule(w).at(1.0) or as_schedule(w).warmup_start
+                           for w in (self.loss.hidden_weight, self.loss.attention_weight))
+        if intermediate and not (text and self.student.arch == "hf" and self.teacher
+                                 and self.teacher.model.arch == "hf"):
+            raise ValueError("loss.hidden_weight / loss.attention_weight need a text task with an hf "
+                             "student and an hf teacher: set them to 0 otherwise")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":

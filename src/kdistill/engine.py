@@ -78,6 +78,7 @@ class Engine:
             self.schedules.update(temperature=as_schedule(cfg.loss.temperature),
                                   soft_weight=as_schedule(cfg.loss.soft_weight),
                                   hard_weight=as_schedule(cfg.loss.hard_weight))
+            self.schedules.update(task.schedules())
         self.steps_per_epoch = math.ceil(len(train_batches) / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0

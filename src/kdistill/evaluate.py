@@ -124,24 +124,34 @@ def percentile(values: list[float], q: float) -> float:
     return torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100).item()
 
 
+def _rows(sample: torch.Tensor | dict, n: int) -> torch.Tensor | dict:
+    """The first ``n`` rows of a tensor, or of each tensor of keyword inputs."""
+    return {k: v[:n] for k, v in sample.items()} if isinstance(sample, dict) else sample[:n]
+
+
+def _caller(model: nn.Module, inputs: torch.Tensor | dict) -> Callable[[], object]:
+    return (lambda: model(**inputs)) if isinstance(inputs, dict) else (lambda: model(inputs))
+
+
 @torch.inference_mode()
-def latency_ms(model: nn.Module, sample: torch.Tensor, repeats: int = 100,
+def latency_ms(model: nn.Module, sample: torch.Tensor | dict, repeats: int = 100,
                budget_s: float = 2.0) -> tuple[float, float]:
     """CPU latency of one forward pass at batch 1, in milliseconds: (median, p95) of up to
-    ``repeats`` passes (fewer, at least 3, when they take over ``budget_s``)."""
+    ``repeats`` passes (fewer, at least 3, when they take over ``budget_s``). A dict sample is
+    passed as keyword inputs (e.g. input_ids and attention_mask)."""
     model.eval()
-    x = sample[:1]
-    times = time_calls(lambda: model(x), repeats, warmup=5, budget_s=budget_s)
+    times = time_calls(_caller(model, _rows(sample, 1)), repeats, warmup=5, budget_s=budget_s)
     return statistics.median(times) * 1e3, percentile(times, 95) * 1e3
 
 
 @torch.inference_mode()
-def throughput(model: nn.Module, inputs: torch.Tensor, repeats: int = 10, budget_s: float = 2.0) -> float:
+def throughput(model: nn.Module, inputs: torch.Tensor | dict, repeats: int = 10, budget_s: float = 2.0) -> float:
     """Samples per second at batch ``len(inputs)``: the median of up to ``repeats`` timed passes
     (fewer, at least 3, when they take over ``budget_s``)."""
     model.eval()
-    times = time_calls(lambda: model(inputs), repeats, warmup=1, budget_s=budget_s)
-    return len(inputs) / statistics.median(times)
+    n = len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+    times = time_calls(_caller(model, inputs), repeats, warmup=1, budget_s=budget_s)
+    return n / statistics.median(times)
 
 
 # ---------------------------------------------------------------- comparison
@@ -168,22 +178,29 @@ class ModelReport:
 
 def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None = "teacher",
             timing_sample: torch.Tensor | None = None, throughput_batch: int = 1000,
-            latency_repeats: int = 100, throughput_repeats: int = 10) -> list[ModelReport]:
+            latency_repeats: int = 100, throughput_repeats: int = 10,
+            timing_samples: dict | None = None) -> list[ModelReport]:
     """Evaluate each model on the same batches; agreement and KL are against ``teacher``.
 
     ``timing_sample``: inputs for the CPU timings, its first row for latency at batch 1 and up to
-    ``throughput_batch`` rows for throughput (no timing when None).
+    ``throughput_batch`` rows for throughput (no timing when None). For models that read
+    different inputs of the same samples (e.g. each its own tokenization), ``task`` may be a dict
+    of tasks by model name and ``timing_samples`` the timing inputs per model.
     """
-    outputs = {name: task.predict(model, batches) for name, model in models.items()}
+    tasks = task if isinstance(task, dict) else dict.fromkeys(models, task)
+    samples = timing_samples or dict.fromkeys(models, timing_sample)
+    outputs = {name: tasks[name].predict(model, batches) for name, model in models.items()}
     ref = outputs[teacher][0] if teacher in outputs else None
     rows = []
     for name, model in models.items():
         logits, labels = outputs[name]
         num_classes = logits.shape[-1]
         lat = p95 = rate = math.nan
-        if timing_sample is not None:
-            lat, p95 = latency_ms(model, timing_sample, latency_repeats)
-            rate = throughput(model, timing_sample[:throughput_batch], throughput_repeats)
+        timed = samples[name]
+        if timed is not None:
+            lat, p95 = latency_ms(model, timed, latency_repeats)
+            timed = _rows(timed, throughput_batch)
+            rate = throughput(model, timed, throughput_repeats)
         curve = reliability_curve(logits.softmax(-1), labels)
         rows.append(ModelReport(
             name=name, accuracy=accuracy(logits, labels),
@@ -193,7 +210,7 @@ def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None 
             kl_to_teacher=kl_to(ref, logits) if ref is not None else None,
             parameters=count_parameters(model), size_bytes=model_bytes(model),
             latency_ms_b1=lat, latency_ms_b1_p95=p95, throughput_per_s=rate,
-            throughput_batch=0 if timing_sample is None else len(timing_sample[:throughput_batch]),
+            throughput_batch=0 if timed is None else len(next(iter(timed.values())) if isinstance(timed, dict) else timed),
             top5_accuracy=top_k_accuracy(logits, labels, 5) if num_classes > 10 else None,
             samples=len(labels), per_class_accuracy=per_class_accuracy(logits, labels, num_classes),
             reliability=curve,

@@ -128,6 +128,10 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
           data: DataSplits | None = None, resume: bool = False, out_dir: Path | None = None) -> RunResult:
     """Fit a model on hard labels only: the student-from-scratch baseline (``role="scratch"``)
     or the config's teacher architecture (``role="teacher"``)."""
+    if cfg.task == "text_classification":
+        from kdistill import runs_text
+
+        return runs_text.train(cfg, role=role, student=student, data=data, resume=resume, out_dir=out_dir)
     if role not in ("scratch", "teacher"):
         raise ConfigError(f"role must be 'scratch' or 'teacher', got {role!r}")
     data = data or build_data(cfg.data)
@@ -146,6 +150,11 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
             student: nn.Module | None = None, data: DataSplits | None = None,
             resume: bool = False, out_dir: Path | None = None) -> RunResult:
     """Distil the teacher (config's, or a given module / source) into the student."""
+    if cfg.task == "text_classification":
+        from kdistill import runs_text
+
+        return runs_text.distill(cfg, teacher=teacher, student=student, data=data, resume=resume,
+                                 out_dir=out_dir)
     data = data or build_data(cfg.data)
     if teacher is None:
         teacher = build_teacher(cfg, data)
@@ -172,6 +181,10 @@ def load_role(cfg: RunConfig, role: str, data: DataSplits) -> nn.Module | None:
 def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelReport]:
     """Compare the run's teacher, scratch and distilled students on the test split; write
     comparison.json (everything the report plots, so it never re-trains) and report.html."""
+    if cfg.task == "text_classification":
+        from kdistill import runs_text
+
+        return runs_text.evaluate_run(cfg, data)
     data = data or build_data(cfg.data)
     models = {role: m for role in ROLES if (m := load_role(cfg, role, data)) is not None}
     if not models:
@@ -181,15 +194,19 @@ def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelRe
     rows = compare(models, ClassificationTask(data.num_classes), test,
                    teacher="teacher" if "teacher" in models else None,
                    timing_sample=data.test.inputs[:cfg.data.eval_batch_size])
+    write_comparison(cfg, rows, len(data.test), data.class_names or [str(c) for c in range(data.num_classes)])
+    return rows
+
+
+def write_comparison(cfg: RunConfig, rows: list[ModelReport], samples: int, class_names: list[str]) -> None:
+    """comparison.json (everything the report plots) and report.html in the run directory."""
     out = Path(cfg.train.output_dir)
-    logs = {role: f"{role}/{METRICS}" if (out / role / METRICS).is_file() else None for role in models}
+    logs = {r.name: f"{r.name}/{METRICS}" if (out / r.name / METRICS).is_file() else None for r in rows}
     atomic_write_text(out / "config.yaml", cfg.to_yaml())
     atomic_write_text(out / COMPARISON, json.dumps({
-        "name": cfg.name, "seed": cfg.seed, "split": "test", "samples": len(data.test),
-        "class_names": data.class_names or [str(c) for c in range(data.num_classes)],
-        "logs": logs, "models": rows_as_dicts(rows)}, indent=2))
+        "name": cfg.name, "seed": cfg.seed, "split": "test", "samples": samples,
+        "class_names": class_names, "logs": logs, "models": rows_as_dicts(rows)}, indent=2))
     _write_report(out)
-    return rows
 
 
 def _write_report(out: Path) -> None:
@@ -205,6 +222,10 @@ def _write_report(out: Path) -> None:
 def run_comparison(cfg: RunConfig) -> list[ModelReport]:
     """The whole proof: (train the teacher if needed), the scratch student, the distilled
     student, then the comparison on the test split."""
+    if cfg.task == "text_classification":
+        from kdistill import runs_text
+
+        return runs_text.run_comparison(cfg)
     data = build_data(cfg.data)
     spec = cfg.teacher.model if cfg.teacher is not None else None
     trained = spec is not None and spec.arch != "pretrained" and spec.weights is None

