@@ -277,7 +277,8 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _task_fits(self) -> "RunConfig":
         text = self.task == "text_classification"
-        models = [("student", self.student)] + ([("teacher.model", self.teacher.model)] if self.teacher else [])
+        teacher_model = self.teacher.model if self.teacher else None  # a cache may name no model
+        models = [("student", self.student)] + ([("teacher.model", teacher_model)] if teacher_model else [])
         if text != isinstance(self.data, TextDataConfig):
             raise ValueError(f"task {self.task} does not fit data.dataset {self.data.dataset}: text "
                              f"datasets ({', '.join(TEXT_DATASETS)}) go with task: text_classification")
@@ -285,12 +286,12 @@ class RunConfig(Strict):
             if text != (spec.arch in TEXT_ARCHS):
                 raise ValueError(f"{where}.arch {spec.arch} does not fit task {self.task}: text tasks "
                                  f"take arch {' or '.join(TEXT_ARCHS)}, image tasks the others")
-        if self.teacher and self.teacher.memoize and not text:
+        if getattr(self.teacher, "memoize", False) and not text:
             raise ValueError("teacher.memoize is for text tasks only (images may be augmented)")
         intermediate = any(as_schedule(w).at(0.0) or as_schedule(w).at(1.0) or as_schedule(w).warmup_start
                            for w in (self.loss.hidden_weight, self.loss.attention_weight))
-        if intermediate and not (text and self.student.arch == "hf" and self.teacher
-                                 and self.teacher.model.arch == "hf"):
+        if intermediate and not (text and self.student.arch == "hf" and teacher_model is not None
+                                 and teacher_model.arch == "hf"):
             raise ValueError("loss.hidden_weight / loss.attention_weight need a text task with an hf "
                              "student and an hf teacher: set them to 0 otherwise")
         return self
@@ -313,7 +314,7 @@ class RunConfig(Strict):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
-            raise ConfigError(format_validation_error(exc, source)) from None
+            raise ConfigError(format_validation_error(exc, source, raw)) from None
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -330,11 +331,28 @@ class RunConfig(Strict):
         return hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def format_validation_error(exc: ValidationError, source: str) -> str:
+def _user_path(loc: tuple, raw) -> str:
+    """The dotted path as the user wrote it: pydantic puts union tags (``image``, ``mlp``...)
+    into error locations; walking the raw input drops every part that is not one of its keys."""
+    parts, node = [], raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part not in node and parts and i < len(loc) - 1:
+            continue  # a union tag, not a key of the user's mapping (the last part is the field)
+        parts.append(str(part))
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            node = node[part]
+        else:
+            node = None
+    return ".".join(parts)
+
+
+def format_validation_error(exc: ValidationError, source: str, raw=None) -> str:
     """One line per problem: the dotted field, what is wrong, and what was given."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        loc = _user_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")), raw)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the config reference in README.md)"
