@@ -205,3 +205,29 @@ def test_chunked_divergence_only_and_ce_only():
     torch.testing.assert_close(g, want)
     with pytest.raises(ValueError, match="select the tokens first"):
         chunked_token_losses(s.reshape(1, 6, 5), t, labels, TokenLossSpec())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_weighted_sum_computes_gradients_in_forward_exactly(fused):
+    from kdistill.losses.token import chunked_weighted_loss
+
+    g = torch.Generator().manual_seed(5)
+    n, h, v = 11, 4, 9
+    teacher = torch.randn(n, v, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, v, (n,), generator=g)
+    hidden = torch.randn(n, h if fused else v, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(v, h, generator=g, dtype=torch.float64, requires_grad=True) if fused else None
+    leaves = (hidden, weight) if fused else (hidden,)
+    spec = TokenLossSpec(kind="jsd", temperature=1.5, beta=0.2)
+    total, soft, hard = chunked_weighted_loss(hidden, teacher, labels, spec, soft_weight=0.6,
+                                              hard_weight=0.4, weight=weight, chunk_size=3)
+    ref_div, ref_ce = _unchunked(hidden, weight, None, teacher, labels, spec)
+    want = 0.6 * ref_div.sum() + 0.4 * ref_ce.sum()
+    torch.testing.assert_close(total, want)
+    torch.testing.assert_close(soft, ref_div.sum().detach())
+    torch.testing.assert_close(hard, ref_ce.sum().detach())
+    for a, b in zip(torch.autograd.grad(2.5 * total, leaves), torch.autograd.grad(2.5 * want, leaves)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(
+        lambda *x: chunked_weighted_loss(x[0], teacher, labels, spec, soft_weight=0.6, hard_weight=0.4,
+                                         weight=x[1] if fused else None, chunk_size=3)[0], leaves)

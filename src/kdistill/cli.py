@@ -26,6 +26,11 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
+    if rows and isinstance(rows[0], dict):  # causal-LM comparisons
+        from kdistill.lm_runs import format_lm_table
+
+        typer.echo(format_lm_table(rows, title))
+        return
     from kdistill.evaluate import format_table
 
     typer.echo(format_table(rows, title))
@@ -33,8 +38,18 @@ def _print_rows(rows, title: str) -> None:
 
 @app.command()
 def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goes"),
-         epochs: Optional[int] = typer.Option(None, help="override the demo's epochs")) -> None:
+         epochs: Optional[int] = typer.Option(None, help="override the demo's epochs"),
+         llm: bool = typer.Option(False, "--llm", help="distil SmolLM2-135M-Instruct into a small "
+                                                       "Llama on local text instead")) -> None:
     """The embedded default: distil the bundled MNIST CNN into a small MLP, with the proof."""
+    if llm:
+        from kdistill.lm_demo import run_llm_demo
+
+        out = output_dir or Path("runs/llm-demo")
+        rows = run_llm_demo(out, **({"epochs": epochs} if epochs else {}), echo=typer.echo)
+        _print_rows(rows, "llm demo: held-out text, same token budget for both students")
+        typer.echo(f"run directory: {out}")
+        return
     from kdistill.runs import run_comparison
 
     text = resources.files("kdistill.presets").joinpath("mnist_demo.yaml").read_text()
@@ -90,6 +105,15 @@ def compare(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(Non
 
     cfg = _load(config, output_dir)
     _print_rows(run_comparison(cfg), f"{cfg.name}: test split")
+
+
+@app.command()
+def generate(config: Path = CONFIG) -> None:
+    """The config's teacher answers `generate.prompts` into `generate.output` (JSONL, resumable):
+    the data of sequence-level distillation (train on it with data.dataset: jsonl)."""
+    from kdistill.lm_runs import generate as run_generate
+
+    typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
 
 
 def main() -> None:

@@ -105,6 +105,10 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
           data: DataSplits | None = None, resume: bool = False, out_dir: Path | None = None) -> RunResult:
     """Fit a model on hard labels only: the student-from-scratch baseline (``role="scratch"``)
     or the config's teacher architecture (``role="teacher"``)."""
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.train(cfg, role=role, resume=resume, out_dir=out_dir)
     if role not in ("scratch", "teacher"):
         raise ConfigError(f"role must be 'scratch' or 'teacher', got {role!r}")
     data = data or build_data(cfg.data)
@@ -123,6 +127,10 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
             student: nn.Module | None = None, data: DataSplits | None = None,
             resume: bool = False, out_dir: Path | None = None) -> RunResult:
     """Distil the teacher (config's, or a given module / source) into the student."""
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.distill(cfg, resume=resume, out_dir=out_dir)
     data = data or build_data(cfg.data)
     if teacher is None:
         teacher = build_teacher(cfg, data)
@@ -148,6 +156,10 @@ def load_role(cfg: RunConfig, role: str, data: DataSplits) -> nn.Module | None:
 
 def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelReport]:
     """Compare the run's teacher, scratch and distilled students on the test split."""
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.evaluate_run(cfg)
     data = data or build_data(cfg.data)
     models = {role: m for role in ROLES if (m := load_role(cfg, role, data)) is not None}
     if not models:
@@ -165,6 +177,10 @@ def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelRe
 def run_comparison(cfg: RunConfig) -> list[ModelReport]:
     """The whole proof: (train the teacher if needed), the scratch student, the distilled
     student, then the comparison on the test split."""
+    if cfg.task == "causal_lm":
+        train(cfg, role="scratch")
+        distill(cfg)
+        return evaluate_run(cfg)
     data = build_data(cfg.data)
     if cfg.teacher is not None and cfg.teacher.model.arch != "pretrained" and cfg.teacher.model.weights is None:
         train(cfg, role="teacher", data=data)

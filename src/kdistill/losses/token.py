@@ -264,3 +264,82 @@ def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, lab
         teacher = teacher.detach()
     return _ChunkedTokenLoss.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
                                    chunk_size)
+
+
+class _ChunkedWeightedSum(torch.autograd.Function):
+    """Forward computes each chunk's loss *and* its gradients at once (the upstream gradient of a
+    scalar is known up to a factor), so no chunk is computed twice; backward only scales."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk,
+                soft_weight, hard_weight):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        w = weight.detach().requires_grad_(need_w) if weight is not None else None
+        b = bias.detach().requires_grad_(need_b) if bias is not None else None
+        sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
+                           device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            e = min(s + chunk, hidden.shape[0])
+            with torch.enable_grad():
+                h = hidden[s:e].detach().requires_grad_(need_h)
+                d, c = _chunk_terms(h, w, b, _rows(teacher, s, e), _rows(teacher_indices, s, e),
+                                    _rows(labels, s, e), spec)
+                total = sum((wt * t.sum() for wt, t in ((soft_weight, d), (hard_weight, c)) if t is not None),
+                            h.new_zeros((), dtype=sums.dtype))
+                wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
+                got = list(torch.autograd.grad(total, wrt, allow_unused=True)) if wrt and total.requires_grad else []
+            sums[0] += total.detach()
+            sums[1] += d.detach().sum() if d is not None else 0.0
+            sums[2] += c.detach().sum() if c is not None else 0.0
+            if got:
+                if need_h:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_h[s:e] = g
+                if need_w:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_w += g
+                if need_b:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_b += g
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.has = (need_h, need_w, need_b)
+        div_sum, ce_sum = sums[1].clone(), sums[2].clone()
+        ctx.mark_non_differentiable(div_sum, ce_sum)
+        return sums[0].clone(), div_sum, ce_sum
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_div, _grad_ce):
+        saved = ctx.saved_tensors
+        grads = [None if g is None or not need else g * grad_total.to(g.dtype)
+                 for g, need in zip(saved, ctx.has)]
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
+                          spec: TokenLossSpec, *, soft_weight: float, hard_weight: float,
+                          weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                          teacher_indices: torch.Tensor | None = None, chunk_size: int = 1024
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
+    and the two unweighted sums (for logging; not differentiable).
+
+    Same inputs as ``chunked_token_losses``, but the gradients are computed chunk by chunk in the
+    forward pass, so each chunk's logits are computed once: the loss costs what the unchunked loss
+    costs while its memory stays bounded by one chunk. Only the total is differentiable.
+    """
+    if hidden.dim() != 2:
+        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
+    if spec.divergence and teacher is None:
+        raise ValueError("a divergence was requested but no teacher outputs were given")
+    if spec.cross_entropy and labels is None:
+        raise ValueError("cross-entropy was requested but no labels were given")
+    if teacher is not None:
+        teacher = teacher.detach()
+    return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
+                                     chunk_size, float(soft_weight), float(hard_weight))

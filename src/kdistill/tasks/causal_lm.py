@@ -18,7 +18,7 @@ from torch import nn
 
 from kdistill.data.text import IGNORE
 from kdistill.errors import TrainingError
-from kdistill.losses.token import TokenLossSpec, TopKTargets, chunked_token_losses, token_divergence
+from kdistill.losses.token import TokenLossSpec, TopKTargets, chunked_weighted_loss, token_divergence
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import to_logits
 
@@ -121,16 +121,15 @@ class CausalLMTask(Task):
             bias = self._head.bias[: self.vocab_size] if self._head.bias is not None else None
         else:
             student_out = student_out[:, : self.vocab_size]
-        div, ce = chunked_token_losses(student_out, teacher, labels, spec, weight=weight, bias=bias,
-                                       teacher_indices=indices, chunk_size=self.chunk_tokens)
-        terms: dict[str, torch.Tensor] = {}
-        total = student_out.new_zeros((), dtype=torch.float32)
+        total, soft, hard = chunked_weighted_loss(
+            student_out, teacher, labels, spec, soft_weight=hp["soft_weight"] if spec.divergence else 0.0,
+            hard_weight=hp["hard_weight"] if spec.cross_entropy else 0.0, weight=weight, bias=bias,
+            teacher_indices=indices, chunk_size=self.chunk_tokens)
+        terms = {}
         if spec.divergence:
-            terms["soft"] = div.sum()
-            total = total + hp["soft_weight"] * terms["soft"]
+            terms["soft"] = soft
         if spec.cross_entropy:
-            terms["hard"] = ce.sum()
-            total = total + hp["hard_weight"] * terms["hard"]
+            terms["hard"] = hard
         return total, terms
 
     @torch.no_grad()
