@@ -11,6 +11,7 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from kdistill.checkpoint import atomic_write_text
 from kdistill.data.text import IGNORE, blocks_from_pairs, read_jsonl
 from kdistill.errors import ConfigError, DataError
 
@@ -38,14 +39,18 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
 
 
 def _done_ids(path: Path) -> set[int]:
+    """Ids already answered in ``path``; a record cut by an interruption is dropped from the file
+    (that prompt is answered again)."""
     if not path.is_file():
         return set()
-    done = set()
+    done, kept = set(), []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             done.add(int(json.loads(line)["id"]))
-        except (json.JSONDecodeError, KeyError, ValueError):
-            continue  # a line cut by an interruption: that prompt is answered again
+            kept.append(line)
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
+            continue
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
     return done
 
 
@@ -57,20 +62,21 @@ def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Pa
     """Append the model's answer to each prompt to ``output`` (JSONL: id, prompt as the model saw
     it, raw_prompt, completion), batch by batch, flushed and fsynced; prompts already answered in
     ``output`` are skipped, so an interrupted run resumes. Batch b's sampling is seeded by
-    (seed, b), so a resumed run writes what an uninterrupted one would. Returns how many were new."""
+    (seed, b) and batches are fixed by prompt position, so a resumed run writes what an uninterrupted one would. Returns how many were new."""
     from tqdm.auto import tqdm
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(output)
-    todo = [i for i in range(len(prompts)) if i not in done]
+    # batches are fixed by prompt position, so a resumed run samples exactly the same batches
+    batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
+    batches = [ids for ids in batches if not set(ids) <= done]
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
     written = 0
     try:
         with open(output, "a", encoding="utf-8") as fh:
-            batches = [todo[s : s + batch_size] for s in range(0, len(todo), batch_size)]
             for ids in tqdm(batches, desc="generate", disable=not progress, leave=False):
                 texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
                 enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -82,6 +88,8 @@ def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Pa
                 out = model.generate(**enc.to(model.device), **kw)
                 new = out[:, enc["input_ids"].shape[1]:]
                 for i, text, row in zip(ids, texts, new):
+                    if i in done:
+                        continue
                     completion = tokenizer.decode(row, skip_special_tokens=True)
                     fh.write(json.dumps({"id": i, "prompt": text, "raw_prompt": prompts[i],
                                          "completion": completion, "teacher": source,
