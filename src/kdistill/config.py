@@ -158,7 +158,7 @@ class LossConfig(Strict):
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"] = "forward_kl"
     jsd_beta: float = Field(0.5, ge=0, le=1, description="GKD's beta: 0 = forward KL, 1 = reverse KL")
     skew: float = Field(0.1, ge=0, lt=1, description="skew KL's mixing weight alpha")
-    chunk_tokens: int = Field(1024, gt=0, description="tokens per chunk of the memory-bounded loss")
+    chunk_tokens: int = Field(512, gt=0, description="tokens per chunk of the memory-bounded loss")
     on_policy_fraction: float = Field(0.0, ge=0, le=1, description="GKD lambda: share of batches whose "
                                       "completions the student samples (jsonl prompt data only)")
     on_policy_max_new_tokens: int = Field(64, gt=0)

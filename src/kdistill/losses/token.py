@@ -35,9 +35,9 @@ DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_forward
 
 
 def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q) over the last dimension; 0 * log 0 counts as 0."""
-    p = log_p.exp()
-    return torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p)).sum(-1)
+    """KL(P || Q) over the last dimension, from finite log-probabilities (an underflowed p
+    contributes 0 * finite = 0)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
 def _log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
@@ -156,20 +156,33 @@ class TokenLossSpec:
 
 
 def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: TokenLossSpec):
-    """Per-token (divergence, cross-entropy) of one chunk; either may be None."""
+    """Per-token (divergence, cross-entropy) of one chunk; either may be None. Each V-wide
+    quantity is computed once (at T = 1 the student's log-softmax serves both terms)."""
     logits = hidden if weight is None else F.linear(hidden, weight, bias)
     if logits.dtype not in (torch.float32, torch.float64):
         logits = logits.float()
-    div = ce = None
+    t = spec.temperature
+    div = ce = log_q1 = None
     if spec.divergence:
         if teacher_indices is None:
-            div = token_divergence(logits, teacher, spec.kind, temperature=spec.temperature,
-                                   beta=spec.beta, skew=spec.skew)
-        else:
-            log_q, log_p = topk_bucket_log_probs(logits, teacher_indices, teacher)
+            log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
+            tl = teacher.to(logits.dtype)
+            log_p = F.log_softmax(tl if t == 1.0 else tl / t, dim=-1)
             div = divergence_from_log_probs(spec.kind, log_q, log_p, beta=spec.beta, skew=spec.skew)
+            if t != 1.0:
+                div = div * t**2
+            else:
+                log_q1 = log_q
+        else:  # top-k teachers hold temperature-1 probabilities
+            log_q1 = F.log_softmax(logits, dim=-1)
+            log_q_top = log_q1.gather(-1, teacher_indices)
+            tp = teacher.to(log_q_top.dtype)
+            div = divergence_from_log_probs(spec.kind, torch.cat([log_q_top, _log_rest(log_q_top)], -1),
+                                            torch.cat([tp, _log_rest(tp)], -1), beta=spec.beta, skew=spec.skew)
     if spec.cross_entropy:
-        ce = F.cross_entropy(logits, labels, reduction="none")
+        if log_q1 is None:
+            log_q1 = F.log_softmax(logits, dim=-1)
+        ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
     return div, ce
 
 
@@ -243,7 +256,7 @@ def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
 def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
                          spec: TokenLossSpec, *, weight: torch.Tensor | None = None,
                          bias: torch.Tensor | None = None, teacher_indices: torch.Tensor | None = None,
-                         chunk_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token divergence and cross-entropy over N selected tokens, ``chunk_size`` at a time.
 
     ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
@@ -324,7 +337,7 @@ class _ChunkedWeightedSum(torch.autograd.Function):
 def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
                           spec: TokenLossSpec, *, soft_weight: float, hard_weight: float,
                           weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                          teacher_indices: torch.Tensor | None = None, chunk_size: int = 1024
+                          teacher_indices: torch.Tensor | None = None, chunk_size: int = 512
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
     and the two unweighted sums (for logging; not differentiable).

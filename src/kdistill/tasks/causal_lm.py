@@ -55,7 +55,7 @@ def selected_hidden(model: nn.Module, batch: dict, device: torch.device) -> torc
 
 
 def selected_logits(model: nn.Module, batch: dict, device: torch.device, vocab_size: int,
-                    chunk: int = 1024) -> torch.Tensor:
+                    chunk: int = 512) -> torch.Tensor:
     """Logits (N, vocab_size) at the selected positions, for teachers and evaluation."""
     head = output_head(model)
     if head is None:
@@ -77,7 +77,7 @@ class CausalLMTask(Task):
     """
 
     def __init__(self, vocab_size: int, *, divergence: str = "forward_kl", jsd_beta: float = 0.5,
-                 skew: float = 0.1, chunk_tokens: int = 1024, device: str | torch.device = "cpu",
+                 skew: float = 0.1, chunk_tokens: int = 512, device: str | torch.device = "cpu",
                  reference: Callable[[dict], torch.Tensor] | None = None):
         self.vocab_size, self.divergence, self.jsd_beta, self.skew = vocab_size, divergence, jsd_beta, skew
         self.chunk_tokens, self.device, self.reference = chunk_tokens, torch.device(device), reference

@@ -20,7 +20,7 @@ class CausalLMTeacher(TeacherSource):
 
     def __init__(self, model: nn.Module, vocab_size: int, *, precision: str = "fp32",
                  device: str | torch.device = "cpu", output_device: str | torch.device | None = None,
-                 chunk_tokens: int = 1024):
+                 chunk_tokens: int = 512):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
         self.model = model.to(self.device, dtype=_DTYPES[precision]).eval().requires_grad_(False)
