@@ -124,3 +124,11 @@ def test_evaluate_reports_perplexity_agreement_and_kl():
     assert m["ppl"] > 1 and 0 <= m["agreement"] <= 1 and m["kl_to_teacher"] > 0
     self_m = CausalLMTask(50, reference=live.logits).evaluate(teacher, LMBatches(lm_blocks(n=4), 2))
     assert self_m["agreement"] == 1.0 and abs(self_m["kl_to_teacher"]) < 1e-6
+
+
+def test_dense_cache_teacher_matches_live_to_fp16():
+    blocks = lm_blocks(n=4)
+    live = CausalLMTeacher(tiny_llama(seed=1), 50)
+    cache = TopKCacheTeacher(live, blocks, k=None, batch_size=3)
+    b = next(iter(LMBatches(blocks, 4, shuffle=True, seed=1)))
+    torch.testing.assert_close(cache.logits(b), live.logits(b), rtol=1e-3, atol=1e-3)

@@ -1,5 +1,5 @@
 """Teacher sources for causal LMs: a live model scored only at the positions that count, and an
-in-memory top-k cache (with the tail mass kept) built once over a fixed training set."""
+in-memory cache (top-k with the tail mass kept, or dense fp16) built once over a training set."""
 
 from __future__ import annotations
 
@@ -38,33 +38,44 @@ class CausalLMTeacher(TeacherSource):
 
 
 class TopKCacheTeacher(TeacherSource):
-    """The teacher run once over every block of a training set, keeping its top-k log-probs per
-    target token; batches look their rows up by ``index``. Only valid for the blocks it was built
-    on (checked by the number of target tokens per block)."""
+    """The teacher run once over every block of a training set, keeping per target token its
+    top-k log-probabilities (``k``; tail mass kept) or, with ``k=None``, its full logits in fp16;
+    batches look their rows up by ``index``. Only valid for the blocks it was built on (checked by
+    the number of target tokens per batch)."""
 
-    def __init__(self, teacher: TeacherSource, blocks, k: int = 64, batch_size: int = 8):
+    def __init__(self, teacher: TeacherSource, blocks, k: int | None = 64, batch_size: int = 8):
         from kdistill.data.text import LMBatches
 
         self.num_outputs, self.k, self.source = teacher.num_outputs, k, teacher.describe()
         per_block = (blocks.labels[:, 1:] != -100).sum(1)
         self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_block.cumsum(0)])
         total = int(self.offsets[-1])
-        self.indices = torch.empty(total, k, dtype=torch.int32)
-        self.log_probs = torch.empty(total, k, dtype=torch.float32)
+        if k is None:
+            self.dense = torch.empty(total, teacher.num_outputs, dtype=torch.float16)
+        else:
+            self.indices = torch.empty(total, k, dtype=torch.int32)
+            self.log_probs = torch.empty(total, k, dtype=torch.float32)
         for batch in LMBatches(blocks, batch_size):
-            top = torch.log_softmax(teacher.logits(batch).float(), -1).topk(k, -1)
+            logits = teacher.logits(batch).float()
             start = int(self.offsets[batch["index"][0]])
-            self.indices[start : start + top.indices.shape[0]] = top.indices.to(torch.int32).cpu()
-            self.log_probs[start : start + top.indices.shape[0]] = top.values.cpu()
+            rows = slice(start, start + logits.shape[0])
+            if k is None:
+                self.dense[rows] = logits.cpu().to(torch.float16)
+                continue
+            top = torch.log_softmax(logits, -1).topk(k, -1)
+            self.indices[rows] = top.indices.to(torch.int32).cpu()
+            self.log_probs[rows] = top.values.cpu()
 
-    def logits(self, batch: dict) -> TopKTargets:
+    def logits(self, batch: dict) -> torch.Tensor | TopKTargets:
         rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1]))
                           for i in batch["index"].tolist()])
         expected = int((batch["labels"][:, 1:] != -100).sum())
         if rows.numel() != expected:
-            raise ValueError(f"the top-k cache holds {rows.numel()} target tokens for these blocks "
+            raise ValueError(f"the teacher cache holds {rows.numel()} target tokens for these blocks "
                              f"but the batch has {expected}: the cache belongs to other data")
+        if self.k is None:
+            return self.dense[rows].float()
         return TopKTargets(self.indices[rows].long(), self.log_probs[rows])
 
     def describe(self) -> dict:
-        return {"kind": "causal_lm_topk_cache", "k": self.k, "teacher": self.source}
+        return {"kind": "causal_lm_cache", "k": self.k, "teacher": self.source}
