@@ -10,7 +10,7 @@ number of target tokens:
 - forward_kl / reverse_kl / jsd (beta 0.5): the divergence to the teacher's full distribution
   (dense teacher logits computed once over the training blocks and cached in fp16);
 - sequence: cross-entropy on the teacher's greedy continuations of prompts cut from the same
-  training text (32 prompt tokens, 96 generated), as many prompts as give the same target-token
+  training text (32 prompt tokens, 64 generated), as many prompts as give the same target-token
   budget.
 
 Held-out metrics (end of the text, never trained on): perplexity of the real next token, top-1
@@ -53,7 +53,7 @@ from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher  # noq
 from llm_loss_memory import PeakRSS  # noqa: E402
 
 VARIANTS = ("scratch", "forward_kl", "reverse_kl", "jsd", "sequence")
-PROMPT_TOKENS, NEW_TOKENS = 32, 96
+PROMPT_TOKENS, NEW_TOKENS = 32, 64
 
 
 def config(out: Path, dataset: str, divergence: str, seed: int, args, precision: str = "fp32") -> RunConfig:
@@ -65,7 +65,7 @@ def config(out: Path, dataset: str, divergence: str, seed: int, args, precision:
         "teacher": {"kind": "live", "model": TEACHER, "precision": precision},
         "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0, "divergence": divergence,
                  "jsd_beta": 0.5},
-        "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10},
+        "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10, "warmup_start": 3e-4},
                   "weight_decay": 0.0, "max_grad_norm": 1.0},
         "train": {"epochs": args.epochs, "output_dir": str(out), "progress": False, "deterministic": False,
                   "precision": precision},
@@ -81,11 +81,12 @@ def sequence_data(teacher_model, data, budget: int):
     step = max(1, (len(stream) - PROMPT_TOKENS) // n)
     prompts = torch.stack([stream[i * step : i * step + PROMPT_TOKENS] for i in range(n)])
     completions = []
-    for s in range(0, n, 16):
-        out = teacher_model.generate(input_ids=prompts[s : s + 16], attention_mask=torch.ones_like(prompts[s : s + 16]),
+    for s in range(0, n, 64):  # few large batches: decoding cost is per step
+        out = teacher_model.generate(input_ids=prompts[s : s + 64], attention_mask=torch.ones_like(prompts[s : s + 64]),
                                      do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                      pad_token_id=teacher_model.config.pad_token_id)
         completions += out[:, PROMPT_TOKENS:].tolist()
+    completions[-1] = completions[-1][: budget - NEW_TOKENS * (n - 1)]  # exactly the budget
     return blocks_from_pairs(prompts.tolist(), completions, PROMPT_TOKENS + NEW_TOKENS, pad_id=0)
 
 
@@ -156,7 +157,7 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (1 if args.quick else 2)
-    args.train_tokens = args.train_tokens or (1024 if args.quick else 4096)
+    args.train_tokens = args.train_tokens or (1024 if args.quick else 2048)
     args.speed_repeats = args.speed_repeats or (2 if args.quick else 4)
     from transformers.utils import logging as hf_logging
 

@@ -35,7 +35,7 @@ def demo_config(out_dir: Path, dataset: str, *, train_tokens: int, eval_tokens: 
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER},
         "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0, "divergence": divergence},
-        "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10},
+        "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10, "warmup_start": 3e-4},
                   "weight_decay": 0.0, "max_grad_norm": 1.0},
         "train": {"epochs": epochs, "output_dir": str(out_dir), "progress": progress, "deterministic": False},
     }, source="llm demo")
@@ -52,13 +52,14 @@ def pick_dataset() -> str:
 
 
 def dense_reference(teacher: CausalLMTeacher, batches) -> callable:
-    """The teacher's full logits for every held-out batch, computed once (bf16 to halve memory)."""
-    cache = {tuple(b["index"].tolist()): teacher.logits(b).to(torch.bfloat16) for b in batches}
+    """The teacher's full logits for every held-out batch, computed once (fp16 halves the memory;
+    bf16 would round near-ties of the top-1)."""
+    cache = {tuple(b["index"].tolist()): teacher.logits(b).to(torch.float16) for b in batches}
     return lambda batch: cache[tuple(batch["index"].tolist())].float()
 
 
-def run_llm_demo(out_dir: Path = Path("runs/llm-demo"), *, train_tokens: int = 16384,
-                 eval_tokens: int = 2048, epochs: int = 3, top_k: int = 64, seed: int = 0,
+def run_llm_demo(out_dir: Path = Path("runs/llm-demo"), *, train_tokens: int = 8192,
+                 eval_tokens: int = 1024, epochs: int = 3, top_k: int = 64, seed: int = 0,
                  progress: bool = True, echo=print) -> list[dict]:
     from kdistill import lm_runs
 
