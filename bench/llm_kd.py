@@ -17,9 +17,9 @@ Held-out metrics (end of the text, never trained on): perplexity of the real nex
 agreement with the teacher and KL(teacher || student) per token on the full vocabulary; last
 epoch, mean +- std over seeds.
 
-Speed: tokens/s of one optimizer step (8 x 128 tokens) of a student-only cross-entropy step, of
+Speed: tokens/s of one optimizer step (--speed-batch x 128 tokens) of a student-only cross-entropy step, of
 the teacher's forward pass, and of each token-level distillation step with the live teacher,
-interleaved in one run; the limit of a distillation step is 1 / (1/student + 1/teacher). With
+interleaved in one run (median after a warm-up repeat); the limit of a distillation step is 1 / (1/student + 1/teacher). With
 --bf16 the same steps also run under bf16 autocast (student) and a bf16 teacher.
 
     python bench/llm_kd.py            # full: 3 seeds
@@ -111,7 +111,7 @@ def train_variant(variant, seed, args, ctx) -> dict:
 
 def speed(args, ctx, precision: str) -> dict:
     """Tokens/s of student-only, teacher-only and distillation steps, interleaved."""
-    batch = next(iter(LMBatches(ctx["data"].train, 8)))
+    batch = next(iter(LMBatches(ctx["data"].train, args.speed_batch)))
     tokens = int((batch["labels"][:, 1:] != -100).sum())
     teacher = CausalLMTeacher(ctx["teacher_model"], ctx["vocab"], precision=precision)
     engines = {}
@@ -152,13 +152,14 @@ def main() -> None:
     ap.add_argument("--train-tokens", type=int, default=None)
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--speed-repeats", type=int, default=None)
+    ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
     ap.add_argument("--bf16", action="store_true", help="also time the steps under bf16")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kdistill-bench-llm-kd"))
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (1 if args.quick else 2)
     args.train_tokens = args.train_tokens or (1024 if args.quick else 2048)
-    args.speed_repeats = args.speed_repeats or (2 if args.quick else 4)
+    args.speed_repeats = args.speed_repeats or (2 if args.quick else 3)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
@@ -183,6 +184,21 @@ def main() -> None:
            "vocab": vocab, "data": data, "cache": cache, "reference": reference, "seq_blocks": seq_blocks}
     teacher_row = lm_runs.compare_lm({"teacher": teacher_model}, live, LMBatches(data.val, 8), vocab,
                                      reference=reference)[0]
+    speeds = {"fp32": speed(args, ctx, "fp32")}
+    if args.bf16:
+        speeds["bf16"] = speed(args, ctx, "bf16")
+        teacher_model.float()  # the bf16 teacher converted the model in place
+    for prec, sp in speeds.items():
+        print(f"\nspeed ({prec}, {sp['tokens_per_step']} target tokens per step): limit "
+              f"1/(1/student + 1/teacher) = {sp['limit_tokens_per_s']:.0f} tok/s")
+        for k, v in sp["tokens_per_s"].items():
+            frac = sp["fraction_of_limit"].get(k)
+            print(f"  {k:<11}{v:>9.0f} tok/s" + (f"  = {frac:.2f} x limit" if frac else "")
+                  + f"   peak RSS +{sp['peak_rss_above_base_mib'][k]:.0f} MiB")
+    if "bf16" in speeds:
+        print("  bf16 speed-up: " + ", ".join(
+            f"{k} {speeds['bf16']['tokens_per_s'][k] / speeds['fp32']['tokens_per_s'][k]:.2f}x"
+            for k in speeds["fp32"]["tokens_per_s"]))
     runs = []
     for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
         for variant in VARIANTS:
@@ -208,20 +224,6 @@ def main() -> None:
             for v in VARIANTS[1:]),
         "forward KL beats scratch on perplexity": table["forward_kl"]["ppl"][0] < s["ppl"][0],
     }
-    speeds = {"fp32": speed(args, ctx, "fp32")}
-    if args.bf16:
-        speeds["bf16"] = speed(args, ctx, "bf16")
-    for prec, sp in speeds.items():
-        print(f"\nspeed ({prec}, {sp['tokens_per_step']} target tokens per step): limit "
-              f"1/(1/student + 1/teacher) = {sp['limit_tokens_per_s']:.0f} tok/s")
-        for k, v in sp["tokens_per_s"].items():
-            frac = sp["fraction_of_limit"].get(k)
-            print(f"  {k:<11}{v:>9.0f} tok/s" + (f"  = {frac:.2f} x limit" if frac else "")
-                  + f"   peak RSS +{sp['peak_rss_above_base_mib'][k]:.0f} MiB")
-    if "bf16" in speeds:
-        print("  bf16 speed-up: " + ", ".join(
-            f"{k} {speeds['bf16']['tokens_per_s'][k] / speeds['fp32']['tokens_per_s'][k]:.2f}x"
-            for k in speeds["fp32"]["tokens_per_s"]))
     targets["off-policy token-level fp32 >= 0.9 x limit"] = all(
         f >= 0.9 for f in speeds["fp32"]["fraction_of_limit"].values())
     for k, ok in targets.items():
