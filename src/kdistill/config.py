@@ -74,6 +74,9 @@ class LMDataConfig(Strict):
         return self
 
 
+_UNION_TAGS = ("classification", "lm")  # tags of the data union: not part of a field's name
+
+
 def _data_kind(raw) -> str:
     dataset = raw.get("dataset") if isinstance(raw, dict) else getattr(raw, "dataset", None)
     return "lm" if dataset in LM_DATASETS else "classification"
@@ -270,7 +273,8 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
     """One line per problem: the dotted field, what is wrong, and what was given."""
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+        loc = ".".join(str(p) for p in err["loc"]
+                       if not str(p).startswith("function-") and p not in _UNION_TAGS)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the config reference in README.md)"
