@@ -59,7 +59,7 @@ PROMPT_TOKENS, NEW_TOKENS = 32, 64
 def config(out: Path, dataset: str, divergence: str, seed: int, args, precision: str = "fp32") -> RunConfig:
     return RunConfig.parse({
         "name": f"llm-kd-{divergence}", "seed": seed, "task": "causal_lm",
-        "data": {"dataset": dataset, "seq_len": 128, "batch_size": 8, "eval_batch_size": 8,
+        "data": {"dataset": dataset, "seq_len": 128, "batch_size": 2, "eval_batch_size": 8,
                  "max_train_tokens": args.train_tokens, "max_eval_tokens": args.eval_tokens},
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER, "precision": precision},
@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/kdistill-bench-llm-kd"))
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
-    args.epochs = args.epochs or (1 if args.quick else 2)
+    args.epochs = args.epochs or (1 if args.quick else 3)
     args.train_tokens = args.train_tokens or (1024 if args.quick else 2048)
     args.speed_repeats = args.speed_repeats or (2 if args.quick else 3)
     from transformers.utils import logging as hf_logging
