@@ -130,8 +130,11 @@ def topk_bucket_log_probs(student_logits: torch.Tensor, teacher_indices: torch.T
     (never renormalised): the tail bucket keeps the mass they leave. Any divergence between the
     bucketed distributions is a lower bound of the full-vocabulary one (data processing).
     """
-    log_q_all = F.log_softmax(student_logits, dim=-1)
-    log_q_top = log_q_all.gather(-1, teacher_indices)
+    return _buckets(F.log_softmax(student_logits, dim=-1), teacher_indices, teacher_log_probs)
+
+
+def _buckets(student_log_probs, teacher_indices, teacher_log_probs):
+    log_q_top = student_log_probs.gather(-1, teacher_indices)
     tp = teacher_log_probs.to(log_q_top.dtype)
     return torch.cat([log_q_top, _log_rest(log_q_top)], -1), torch.cat([tp, _log_rest(tp)], -1)
 
@@ -175,10 +178,8 @@ def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: T
                 log_q1 = log_q
         else:  # top-k teachers hold temperature-1 probabilities
             log_q1 = F.log_softmax(logits, dim=-1)
-            log_q_top = log_q1.gather(-1, teacher_indices)
-            tp = teacher.to(log_q_top.dtype)
-            div = divergence_from_log_probs(spec.kind, torch.cat([log_q_top, _log_rest(log_q_top)], -1),
-                                            torch.cat([tp, _log_rest(tp)], -1), beta=spec.beta, skew=spec.skew)
+            log_q, log_p = _buckets(log_q1, teacher_indices, teacher)
+            div = divergence_from_log_probs(spec.kind, log_q, log_p, beta=spec.beta, skew=spec.skew)
     if spec.cross_entropy:
         if log_q1 is None:
             log_q1 = F.log_softmax(logits, dim=-1)
