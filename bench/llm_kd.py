@@ -101,7 +101,7 @@ def train_variant(variant, seed, args, ctx) -> dict:
     teacher = ctx["cache"] if divergence == variant else None
     t0 = time.perf_counter()
     lm_runs.run(cfg, teacher=teacher, student=student, tokenizer=ctx["tokenizer"], data=data,
-                vocab_size=ctx["vocab"], out_dir=out, reference=ctx["reference"])
+                vocab_size=ctx["vocab"], out_dir=out)
     seconds = time.perf_counter() - t0
     task = lm_runs.make_task(cfg, ctx["vocab"], ctx["reference"])
     metrics = task.evaluate(student, LMBatches(ctx["data"].val, 8))
@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--speed-repeats", type=int, default=None)
     ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
+    ap.add_argument("--part", choices=("all", "quality", "speed"), default="all",
+                    help="run only the quality table or only the speed section (both update llm_kd.json)")
     ap.add_argument("--bf16", action="store_true", help="also time the steps under bf16")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kdistill-bench-llm-kd"))
     args = ap.parse_args()
@@ -176,7 +178,8 @@ def main() -> None:
     reference = dense_reference(live, LMBatches(data.val, 8))
     teacher_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
-    seq_blocks = sequence_data(teacher_model, data, data.train.target_tokens())
+    quality = args.part in ("all", "quality")
+    seq_blocks = sequence_data(teacher_model, data, data.train.target_tokens()) if quality else None
     generation = time.perf_counter() - t0
     print(f"{dataset}: {data.train.target_tokens()} training target tokens x {args.epochs} epochs, "
           f"{data.val.target_tokens()} held-out; teacher pass {teacher_pass:.0f}s, generation {generation:.0f}s")
@@ -184,58 +187,71 @@ def main() -> None:
            "vocab": vocab, "data": data, "cache": cache, "reference": reference, "seq_blocks": seq_blocks}
     teacher_row = lm_runs.compare_lm({"teacher": teacher_model}, live, LMBatches(data.val, 8), vocab,
                                      reference=reference)[0]
-    speeds = {"fp32": speed(args, ctx, "fp32")}
-    if args.bf16:
+    record = {}
+    out = ROOT / "bench" / "results" / "llm_kd.json"
+    if out.is_file() and args.part != "all":
+        record = json.loads(out.read_text())  # the other part's figures
+    speeds = record.get("speed", {})
+    if args.part in ("all", "speed"):
+        speeds = {"fp32": speed(args, ctx, "fp32")}
+    if args.bf16 and args.part in ("all", "speed"):
         speeds["bf16"] = speed(args, ctx, "bf16")
-        teacher_model.float()  # the bf16 teacher converted the model in place
-    for prec, sp in speeds.items():
+        teacher_model.to(torch.float32)  # the bf16 teacher converted the model in place
+    for prec, sp in (speeds.items() if args.part != "quality" else []):
         print(f"\nspeed ({prec}, {sp['tokens_per_step']} target tokens per step): limit "
               f"1/(1/student + 1/teacher) = {sp['limit_tokens_per_s']:.0f} tok/s")
         for k, v in sp["tokens_per_s"].items():
             frac = sp["fraction_of_limit"].get(k)
             print(f"  {k:<11}{v:>9.0f} tok/s" + (f"  = {frac:.2f} x limit" if frac else "")
                   + f"   peak RSS +{sp['peak_rss_above_base_mib'][k]:.0f} MiB")
-    if "bf16" in speeds:
+    if "bf16" in speeds and args.part != "quality":
         print("  bf16 speed-up: " + ", ".join(
             f"{k} {speeds['bf16']['tokens_per_s'][k] / speeds['fp32']['tokens_per_s'][k]:.2f}x"
             for k in speeds["fp32"]["tokens_per_s"]))
-    runs = []
-    for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
+    runs = [] if quality else record.get("runs", [])
+    for seed in (args.seeds if quality else []):  # interleaved: every variant of a seed before the next seed
         for variant in VARIANTS:
             runs.append(train_variant(variant, seed, args, ctx))
             r = runs[-1]
             print(f"  {variant:<11} seed {seed}: ppl {r['ppl']:.1f} agree {100 * r['agreement']:.2f}% "
                   f"KL {r['kl_to_teacher']:.3f} ({r['seconds']:.0f}s)", flush=True)
     table = {}
-    for variant in VARIANTS:
+    for variant in (VARIANTS if runs else []):
         rs = [r for r in runs if r["variant"] == variant]
         table[variant] = {k: mean_std([r[k] for r in rs]) for k in ("ppl", "agreement", "kl_to_teacher")}
         table[variant]["train_target_tokens"] = rs[0]["train_target_tokens"]
-    print(f"\n{'student':<12}{'held-out ppl':>18}{'agree w/ teacher':>20}{'KL to teacher':>18}{'tokens':>8}")
-    print(f"{'teacher':<12}{teacher_row['ppl']:>18.2f}{'-':>20}{'-':>18}")
-    for v, m in table.items():
-        print(f"{v:<12}{m['ppl'][0]:>11.1f} ± {m['ppl'][1]:<5.1f}{100 * m['agreement'][0]:>12.2f} ± "
-              f"{100 * m['agreement'][1]:<5.2f}{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}"
-              f"{m['train_target_tokens']:>8}")
-    s = table["scratch"]
-    targets = {
-        "every distilled variant beats scratch on agreement and KL": all(
+    targets = {}
+    if table:
+        print(f"\n{'student':<12}{'held-out ppl':>18}{'agree w/ teacher':>20}{'KL to teacher':>18}{'tokens':>8}")
+        print(f"{'teacher':<12}{teacher_row['ppl']:>18.2f}{'-':>20}{'-':>18}")
+        for v, m in table.items():
+            print(f"{v:<12}{m['ppl'][0]:>11.1f} ± {m['ppl'][1]:<5.1f}{100 * m['agreement'][0]:>12.2f} ± "
+                  f"{100 * m['agreement'][1]:<5.2f}{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}"
+                  f"{m['train_target_tokens']:>8}")
+        s = table["scratch"]
+        targets["every distilled variant beats scratch on agreement and KL"] = all(
             table[v]["agreement"][0] > s["agreement"][0] and table[v]["kl_to_teacher"][0] < s["kl_to_teacher"][0]
-            for v in VARIANTS[1:]),
-        "forward KL beats scratch on perplexity": table["forward_kl"]["ppl"][0] < s["ppl"][0],
-    }
-    targets["off-policy token-level fp32 >= 0.9 x limit"] = all(
-        f >= 0.9 for f in speeds["fp32"]["fraction_of_limit"].values())
+            for v in VARIANTS[1:])
+        targets["forward KL beats scratch on perplexity"] = table["forward_kl"]["ppl"][0] < s["ppl"][0]
+    if speeds:
+        targets["off-policy token-level fp32 >= 0.9 x limit"] = all(
+            f >= 0.9 for f in speeds["fp32"]["fraction_of_limit"].values())
     for k, ok in targets.items():
         print(f"target: {k}: {'met' if ok else 'MISSED'}")
-    record = {"dataset": dataset, "teacher": teacher_row, "table": table, "runs": runs, "speed": speeds,
-              "targets": targets, "teacher_pass_s": teacher_pass, "generation_s": generation,
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "student": STUDENT, "seeds": args.seeds, "seconds": time.perf_counter() - t_start,
-              "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                          "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-                          "load_average": os.getloadavg()}}
-    out = ROOT / "bench" / "results" / "llm_kd.json"
+    if out.is_file() and args.part != "all":  # merge with what the other part wrote meanwhile
+        record = json.loads(out.read_text())
+    machine = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
+               "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    if args.part in ("all", "quality"):
+        record.update({"dataset": dataset, "teacher": teacher_row, "table": table, "runs": runs,
+                       "teacher_pass_s": teacher_pass, "generation_s": generation, "student": STUDENT,
+                       "seeds": args.seeds, "quality_seconds": time.perf_counter() - t_start,
+                       "quality_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                       "quality_machine": machine})
+    if args.part in ("all", "speed"):
+        record.update({"speed": speeds, "speed_machine": machine,
+                       "speed_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}})
+    record["targets"] = {**record.get("targets", {}), **targets}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")

@@ -30,7 +30,7 @@ def demo_config(out_dir: Path, dataset: str, *, train_tokens: int, eval_tokens: 
                 seed: int = 0, divergence: str = "forward_kl", progress: bool = True) -> RunConfig:
     return RunConfig.parse({
         "name": "llm-demo", "seed": seed, "task": "causal_lm",
-        "data": {"dataset": dataset, "seq_len": 128, "batch_size": 8, "eval_batch_size": 8,
+        "data": {"dataset": dataset, "seq_len": 128, "batch_size": 4, "eval_batch_size": 8,
                  "max_train_tokens": train_tokens, "max_eval_tokens": eval_tokens},
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER},
@@ -59,7 +59,7 @@ def dense_reference(teacher: CausalLMTeacher, batches) -> callable:
 
 
 def run_llm_demo(out_dir: Path = Path("runs/llm-demo"), *, train_tokens: int = 8192,
-                 eval_tokens: int = 1024, epochs: int = 3, top_k: int = 64, seed: int = 0,
+                 eval_tokens: int = 1024, epochs: int = 4, top_k: int = 64, seed: int = 0,
                  progress: bool = True, echo=print) -> list[dict]:
     from kdistill import lm_runs
 
