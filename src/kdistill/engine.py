@@ -105,11 +105,7 @@ class Engine:
             raise TrainingError(f"the student predicts {s.shape[-1]} classes but the data has "
                                 f"{self.num_outputs}: set the student's output size to {self.num_outputs}")
         if self.teacher is not None:
-            t = self.teacher.logits(probe)
-            if t.shape[-1] != s.shape[-1]:
-                raise TrainingError(
-                    f"class-count mismatch: the teacher predicts {t.shape[-1]} classes and the "
-                    f"student {s.shape[-1]}; both must predict the same classes in the same order")
+            self.task.check_outputs(s, self.teacher.logits(probe))
 
     # ------------------------------------------------------------------ training
     def _autocast(self):

@@ -132,6 +132,11 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
         from kdistill import runs_text
 
         return runs_text.train(cfg, role=role, student=student, data=data, resume=resume, out_dir=out_dir)
+
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.train(cfg, role=role, resume=resume, out_dir=out_dir)
     if role not in ("scratch", "teacher"):
         raise ConfigError(f"role must be 'scratch' or 'teacher', got {role!r}")
     data = data or build_data(cfg.data)
@@ -155,6 +160,11 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
 
         return runs_text.distill(cfg, teacher=teacher, student=student, data=data, resume=resume,
                                  out_dir=out_dir)
+
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.distill(cfg, resume=resume, out_dir=out_dir)
     data = data or build_data(cfg.data)
     if teacher is None:
         teacher = build_teacher(cfg, data)
@@ -185,6 +195,12 @@ def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelRe
         from kdistill import runs_text
 
         return runs_text.evaluate_run(cfg, data)
+
+    """Compare the run's teacher, scratch and distilled students on the test split."""
+    if cfg.task == "causal_lm":
+        from kdistill import lm_runs
+
+        return lm_runs.evaluate_run(cfg)
     data = data or build_data(cfg.data)
     models = {role: m for role in ROLES if (m := load_role(cfg, role, data)) is not None}
     if not models:
@@ -226,6 +242,11 @@ def run_comparison(cfg: RunConfig) -> list[ModelReport]:
         from kdistill import runs_text
 
         return runs_text.run_comparison(cfg)
+
+    if cfg.task == "causal_lm":
+        train(cfg, role="scratch")
+        distill(cfg)
+        return evaluate_run(cfg)
     data = build_data(cfg.data)
     spec = cfg.teacher.model if cfg.teacher is not None else None
     trained = spec is not None and spec.arch != "pretrained" and spec.weights is None

@@ -7,6 +7,8 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
+from kdistill.errors import TrainingError
+
 
 class Task(ABC):
     @abstractmethod
@@ -27,6 +29,13 @@ class Task(ABC):
         """Extra scheduled values (e.g. the weights of task-specific loss terms) by name: the
         engine evaluates them each step, logs them and passes them to ``objective`` in ``hp``."""
         return {}
+
+    def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
+        """Refuse, before training, teacher outputs that cannot be compared with the student's."""
+        if teacher_out.shape[-1] != student_out.shape[-1]:
+            raise TrainingError(
+                f"class-count mismatch: the teacher predicts {teacher_out.shape[-1]} classes and the "
+                f"student {student_out.shape[-1]}; both must predict the same classes in the same order")
 
     @abstractmethod
     def evaluate(self, model: nn.Module, batches) -> dict[str, float]:

@@ -1,0 +1,359 @@
+"""Token-level divergences between a teacher's and a student's next-token distributions.
+
+Every function is pure and returns one value per token (the leading dimensions of the logits),
+so a task sums them over the tokens that count and the engine divides by the step's token count.
+P is the teacher's distribution, Q the student's, both at temperature T; each divergence is
+multiplied by T^2 as in Hinton et al. (2015), so a weight means the same at every temperature.
+
+- forward KL  KL(P || Q): mass-covering; the classic distillation loss.
+- reverse KL  KL(Q || P): mode-seeking (MiniLLM).
+- generalized JSD(beta) as in GKD (Agarwal et al. 2024):
+  beta * KL(P || M) + (1 - beta) * KL(Q || M) with M = beta P + (1 - beta) Q.
+  It tends to 0 at both ends, but JSD/beta -> KL(P || Q) as beta -> 0 and JSD/(1-beta) ->
+  KL(Q || P) as beta -> 1; so, like GKD and TRL, beta = 0 and beta = 1 *are* forward and
+  reverse KL.
+- skew KL (DistiLLM, Ko et al. 2024): KL(P || a P + (1-a) Q) (forward) or KL(Q || a Q + (1-a) P)
+  (reverse); a = 0 gives the plain KL, and a > 0 keeps it finite where Q underflows.
+- total variation 0.5 * sum |P - Q|.
+
+The ``*_from_log_probs`` core works on any normalised log-probabilities, so the same code scores
+full vocabularies and the (top-k + tail) buckets of a compressed teacher.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
+DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl",
+                                "skew_reverse_kl", "tv")
+
+
+def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(P || Q) over the last dimension, from finite log-probabilities (an underflowed p
+    contributes 0 * finite = 0)."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def _log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
+    """log(w P + (1 - w) Q), computed stably in log space."""
+    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
+
+
+def divergence_from_log_probs(kind: str, student_log_probs: torch.Tensor,
+                              teacher_log_probs: torch.Tensor, *, beta: float = 0.5,
+                              skew: float = 0.1) -> torch.Tensor:
+    """A divergence between two normalised log-distributions, per row (no temperature here)."""
+    log_q, log_p = student_log_probs, teacher_log_probs
+    if kind == "forward_kl":
+        return _kl(log_p, log_q)
+    if kind == "reverse_kl":
+        return _kl(log_q, log_p)
+    if kind == "jsd":
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
+        if beta == 0.0:
+            return _kl(log_p, log_q)
+        if beta == 1.0:
+            return _kl(log_q, log_p)
+        log_m = _log_mix(log_p, log_q, beta)
+        return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
+    if kind in ("skew_forward_kl", "skew_reverse_kl"):
+        if not 0.0 <= skew < 1.0:
+            raise ValueError(f"skew must be in [0, 1), got {skew}")
+        if kind == "skew_forward_kl":
+            return _kl(log_p, log_q if skew == 0 else _log_mix(log_p, log_q, skew))
+        return _kl(log_q, log_p if skew == 0 else _log_mix(log_q, log_p, skew))
+    if kind == "tv":
+        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
+    raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
+
+
+def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                     kind: str = "forward_kl", *, temperature: float = 1.0, beta: float = 0.5,
+                     skew: float = 0.1) -> torch.Tensor:
+    """Per-token divergence between full-vocabulary logits (..., V) -> (...), times T^2."""
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
+                         f"{tuple(teacher_logits.shape)} differ: align the vocabularies first "
+                         "(kdistill.models.hf.check_vocabularies)")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    log_q = F.log_softmax(student_logits / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / temperature, dim=-1)
+    return divergence_from_log_probs(kind, log_q, log_p, beta=beta, skew=skew) * temperature**2
+
+
+def forward_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    return token_divergence(student_logits, teacher_logits, "forward_kl", temperature=temperature)
+
+
+def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    return token_divergence(student_logits, teacher_logits, "reverse_kl", temperature=temperature)
+
+
+def generalized_jsd(student_logits, teacher_logits, beta: float = 0.5,
+                    temperature: float = 1.0) -> torch.Tensor:
+    return token_divergence(student_logits, teacher_logits, "jsd", temperature=temperature, beta=beta)
+
+
+def skew_kl(student_logits, teacher_logits, skew: float = 0.1, reverse: bool = False,
+            temperature: float = 1.0) -> torch.Tensor:
+    kind = "skew_reverse_kl" if reverse else "skew_forward_kl"
+    return token_divergence(student_logits, teacher_logits, kind, temperature=temperature, skew=skew)
+
+
+def total_variation(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
+    return token_divergence(student_logits, teacher_logits, "tv", temperature=temperature)
+
+
+# ---------------------------------------------------------------- compressed (top-k) teachers
+@dataclass
+class TopKTargets:
+    """A teacher's full-softmax log-probabilities at its top-k tokens, (N, k) each (the tail
+    mass is what they leave: never renormalised)."""
+
+    indices: torch.Tensor
+    log_probs: torch.Tensor
+
+
+def topk_bucket_log_probs(student_logits: torch.Tensor, teacher_indices: torch.Tensor,
+                          teacher_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both distributions coarse-grained to (the teacher's top-k tokens, everything else).
+
+    ``teacher_log_probs`` are the teacher's full-softmax log-probabilities at its top-k tokens
+    (never renormalised): the tail bucket keeps the mass they leave. Any divergence between the
+    bucketed distributions is a lower bound of the full-vocabulary one (data processing).
+    """
+    return _buckets(F.log_softmax(student_logits, dim=-1), teacher_indices, teacher_log_probs)
+
+
+def _buckets(student_log_probs, teacher_indices, teacher_log_probs):
+    log_q_top = student_log_probs.gather(-1, teacher_indices)
+    tp = teacher_log_probs.to(log_q_top.dtype)
+    return torch.cat([log_q_top, _log_rest(log_q_top)], -1), torch.cat([tp, _log_rest(tp)], -1)
+
+
+def _log_rest(log_probs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(log_probs))): the log of the mass outside the given tokens."""
+    rest = torch.logsumexp(log_probs, -1, keepdim=True).expm1().neg()
+    return rest.clamp_min(torch.finfo(log_probs.dtype).tiny).log()
+
+
+# ---------------------------------------------------------------- chunked, memory-bounded
+@dataclass(frozen=True)
+class TokenLossSpec:
+    """What to compute per token: a divergence to the teacher and/or cross-entropy on labels."""
+
+    kind: str = "forward_kl"
+    temperature: float = 1.0
+    beta: float = 0.5
+    skew: float = 0.1
+    divergence: bool = True
+    cross_entropy: bool = True
+
+
+def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: TokenLossSpec):
+    """Per-token (divergence, cross-entropy) of one chunk; either may be None. Each V-wide
+    quantity is computed once (at T = 1 the student's log-softmax serves both terms)."""
+    logits = hidden if weight is None else F.linear(hidden, weight, bias)
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()
+    t = spec.temperature
+    div = ce = log_q1 = None
+    if spec.divergence:
+        if teacher_indices is None:
+            log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
+            tl = teacher.to(logits.dtype)
+            log_p = F.log_softmax(tl if t == 1.0 else tl / t, dim=-1)
+            div = divergence_from_log_probs(spec.kind, log_q, log_p, beta=spec.beta, skew=spec.skew)
+            if t != 1.0:
+                div = div * t**2
+            else:
+                log_q1 = log_q
+        else:  # top-k teachers hold temperature-1 probabilities
+            log_q1 = F.log_softmax(logits, dim=-1)
+            log_q, log_p = _buckets(log_q1, teacher_indices, teacher)
+            div = divergence_from_log_probs(spec.kind, log_q, log_p, beta=spec.beta, skew=spec.skew)
+    if spec.cross_entropy:
+        if log_q1 is None:
+            log_q1 = F.log_softmax(logits, dim=-1)
+        ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
+    return div, ce
+
+
+class _ChunkedTokenLoss(torch.autograd.Function):
+    """Forward: per-chunk values under no_grad (nothing V-wide is kept). Backward: recompute each
+    chunk with autograd and accumulate the input gradients, so the backward's peak is one chunk's
+    activations plus the gradient buffers, never a (tokens x V) graph."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk):
+        n = hidden.shape[0]
+        dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        div, ce = hidden.new_zeros(n, dtype=dtype), hidden.new_zeros(n, dtype=dtype)
+        with torch.no_grad():
+            for s in range(0, n, chunk):
+                e = min(s + chunk, n)
+                d, c = _chunk_terms(hidden[s:e], weight, bias, _rows(teacher, s, e),
+                                    _rows(teacher_indices, s, e), _rows(labels, s, e), spec)
+                if d is not None:
+                    div[s:e] = d
+                if c is not None:
+                    ce[s:e] = c
+        ctx.save_for_backward(hidden, weight, bias, teacher, teacher_indices, labels)
+        ctx.spec, ctx.chunk = spec, chunk
+        return div, ce
+
+    @staticmethod
+    def backward(ctx, grad_div, grad_ce):
+        hidden, weight, bias, teacher, teacher_indices, labels = ctx.saved_tensors
+        spec, chunk = ctx.spec, ctx.chunk
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        w = weight.detach().requires_grad_(need_w) if weight is not None else None
+        b = bias.detach().requires_grad_(need_b) if bias is not None else None
+        for s in range(0, hidden.shape[0], chunk):
+            e = min(s + chunk, hidden.shape[0])
+            with torch.enable_grad():
+                h = hidden[s:e].detach().requires_grad_(need_h)
+                d, c = _chunk_terms(h, w, b, _rows(teacher, s, e), _rows(teacher_indices, s, e),
+                                    _rows(labels, s, e), spec)
+                outputs, grads = [], []
+                if d is not None:
+                    outputs.append(d)
+                    grads.append(grad_div[s:e])
+                if c is not None:
+                    outputs.append(c)
+                    grads.append(grad_ce[s:e])
+                wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
+                got = list(torch.autograd.grad(outputs, wrt, grads, allow_unused=True))
+            if need_h and got[0] is not None:
+                grad_h[s:e] = got.pop(0)
+            elif need_h:
+                got.pop(0)
+            if need_w:
+                g = got.pop(0)
+                if g is not None:
+                    grad_w += g
+            if need_b:
+                g = got.pop(0)
+                if g is not None:
+                    grad_b += g
+        return grad_h, grad_w, grad_b, None, None, None, None, None
+
+
+def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
+    return None if t is None else t[s:e]
+
+
+def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
+                         spec: TokenLossSpec, *, weight: torch.Tensor | None = None,
+                         bias: torch.Tensor | None = None, teacher_indices: torch.Tensor | None = None,
+                         chunk_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token divergence and cross-entropy over N selected tokens, ``chunk_size`` at a time.
+
+    ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
+    (N, H) with the output projection ``weight`` (V, H) (and ``bias``): then the student's logits
+    exist one chunk at a time only. ``teacher`` is (N, V) logits, or with ``teacher_indices``
+    (N, k) the teacher's top-k log-probabilities. Same values and gradients as computing all
+    tokens at once (tested); select the tokens that count *before* calling this.
+    """
+    if hidden.dim() != 2:
+        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
+    if spec.divergence and teacher is None:
+        raise ValueError("a divergence was requested but no teacher outputs were given")
+    if spec.cross_entropy and labels is None:
+        raise ValueError("cross-entropy was requested but no labels were given")
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    if teacher is not None:
+        teacher = teacher.detach()
+    return _ChunkedTokenLoss.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
+                                   chunk_size)
+
+
+class _ChunkedWeightedSum(torch.autograd.Function):
+    """Forward computes each chunk's loss *and* its gradients at once (the upstream gradient of a
+    scalar is known up to a factor), so no chunk is computed twice; backward only scales."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk,
+                soft_weight, hard_weight):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b else None
+        w = weight.detach().requires_grad_(need_w) if weight is not None else None
+        b = bias.detach().requires_grad_(need_b) if bias is not None else None
+        sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
+                           device=hidden.device)
+        for s in range(0, hidden.shape[0], chunk):
+            e = min(s + chunk, hidden.shape[0])
+            with torch.enable_grad():
+                h = hidden[s:e].detach().requires_grad_(need_h)
+                d, c = _chunk_terms(h, w, b, _rows(teacher, s, e), _rows(teacher_indices, s, e),
+                                    _rows(labels, s, e), spec)
+                total = sum((wt * t.sum() for wt, t in ((soft_weight, d), (hard_weight, c)) if t is not None),
+                            h.new_zeros((), dtype=sums.dtype))
+                wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
+                got = list(torch.autograd.grad(total, wrt, allow_unused=True)) if wrt and total.requires_grad else []
+            sums[0] += total.detach()
+            sums[1] += d.detach().sum() if d is not None else 0.0
+            sums[2] += c.detach().sum() if c is not None else 0.0
+            if got:
+                if need_h:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_h[s:e] = g
+                if need_w:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_w += g
+                if need_b:
+                    g = got.pop(0)
+                    if g is not None:
+                        grad_b += g
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.has = (need_h, need_w, need_b)
+        div_sum, ce_sum = sums[1].clone(), sums[2].clone()
+        ctx.mark_non_differentiable(div_sum, ce_sum)
+        return sums[0].clone(), div_sum, ce_sum
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_div, _grad_ce):
+        saved = ctx.saved_tensors
+        grads = [None if g is None or not need else g * grad_total.to(g.dtype)
+                 for g, need in zip(saved, ctx.has)]
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
+                          spec: TokenLossSpec, *, soft_weight: float, hard_weight: float,
+                          weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
+                          teacher_indices: torch.Tensor | None = None, chunk_size: int = 512
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
+    and the two unweighted sums (for logging; not differentiable).
+
+    Same inputs as ``chunked_token_losses``, but the gradients are computed chunk by chunk in the
+    forward pass, so each chunk's logits are computed once: the loss costs what the unchunked loss
+    costs while its memory stays bounded by one chunk. Only the total is differentiable.
+    """
+    if hidden.dim() != 2:
+        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
+    if spec.divergence and teacher is None:
+        raise ValueError("a divergence was requested but no teacher outputs were given")
+    if spec.cross_entropy and labels is None:
+        raise ValueError("cross-entropy was requested but no labels were given")
+    if teacher is not None:
+        teacher = teacher.detach()
+    return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
+                                     chunk_size, float(soft_weight), float(hard_weight))

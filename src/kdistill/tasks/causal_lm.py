@@ -1,0 +1,158 @@
+"""Causal language modelling: position t predicts token t + 1, only target tokens count.
+
+The task selects the positions that count (not padding, not prompt) *before* the output layer,
+so neither the student's nor the teacher's logits ever exist for the others, and the loss runs in
+chunks of tokens through ``chunked_token_losses`` (the student's logits exist one chunk at a time).
+``count`` is the number of target tokens, so the engine's per-step normalisation gives the same
+objective whatever the micro-batching or padding.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdistill.data.lm_text import IGNORE
+from kdistill.errors import TrainingError
+from kdistill.losses.token import TokenLossSpec, TopKTargets, chunked_weighted_loss, token_divergence
+from kdistill.tasks.base import Task
+from kdistill.teachers.base import to_logits
+
+
+def target_mask(batch: dict) -> torch.Tensor:
+    """(B, L-1) bool: whether position t's next token (t + 1) is a training target."""
+    return batch["labels"][:, 1:] != IGNORE
+
+
+def shifted_targets(batch: dict) -> torch.Tensor:
+    """The target token of every selected position, in row-major order."""
+    labels = batch["labels"][:, 1:]
+    return labels[labels != IGNORE]
+
+
+def output_head(model: nn.Module) -> nn.Linear | None:
+    """The model's output layer if logits are a plain linear map of the final hidden states
+    (then the loss can be fused with it); None for models that rescale or soft-cap logits."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    config = getattr(model, "config", None)
+    if not isinstance(head, nn.Linear) or getattr(model, "base_model", model) is model:
+        return None
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    return head
+
+
+def selected_hidden(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
+    """The final hidden states (N, H) at the selected positions."""
+    out = model.base_model(input_ids=batch["input_ids"].to(device),
+                           attention_mask=batch["attention_mask"].to(device))
+    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    return hidden[:, :-1][target_mask(batch).to(device)]
+
+
+def selected_logits(model: nn.Module, batch: dict, device: torch.device, vocab_size: int,
+                    chunk: int = 512) -> torch.Tensor:
+    """Logits (N, vocab_size) at the selected positions, for teachers and evaluation."""
+    head = output_head(model)
+    if head is None:
+        out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        return to_logits(out)[:, :-1][target_mask(batch).to(device)][:, :vocab_size]
+    h = selected_hidden(model, batch, device)
+    w = head.weight[:vocab_size]
+    b = head.bias[:vocab_size] if head.bias is not None else None
+    return torch.cat([F.linear(h[s : s + chunk], w, b) for s in range(0, h.shape[0], chunk)] or
+                     [h.new_zeros(0, vocab_size)])
+
+
+class CausalLMTask(Task):
+    """Next-token prediction with a token-level divergence to the teacher.
+
+    ``vocab_size`` is the aligned vocabulary (``check_vocabularies``); logits beyond it are
+    padding rows and are sliced away. ``reference`` (optional) gives the teacher's selected logits
+    for a held-out batch, so ``evaluate`` reports agreement and KL to the teacher.
+    """
+
+    def __init__(self, vocab_size: int, *, divergence: str = "forward_kl", jsd_beta: float = 0.5,
+                 skew: float = 0.1, chunk_tokens: int = 512, device: str | torch.device = "cpu",
+                 reference: Callable[[dict], torch.Tensor] | None = None):
+        self.vocab_size, self.divergence, self.jsd_beta, self.skew = vocab_size, divergence, jsd_beta, skew
+        self.chunk_tokens, self.device, self.reference = chunk_tokens, torch.device(device), reference
+        self._head: nn.Linear | None = None
+
+    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        """Final hidden states (N, H) at the selected positions when the output layer can be fused
+        with the loss (the common case), else the selected logits (N, V)."""
+        self._head = output_head(model)
+        if self._head is None:
+            return selected_logits(model, batch, self.device, self.vocab_size)
+        return selected_hidden(model, batch, self.device)
+
+    def count(self, batch: dict) -> int:
+        return int(target_mask(batch).sum())
+
+    def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
+        topk = isinstance(teacher_out, TopKTargets)
+        rows = teacher_out.indices.shape[0] if topk else teacher_out.shape[0]
+        if rows != student_out.shape[0]:
+            raise TrainingError(f"the teacher scored {rows} target tokens and the student "
+                                f"{student_out.shape[0]}: both must see the same batch and masks")
+        if not topk and teacher_out.shape[-1] != self.vocab_size:
+            raise TrainingError(f"the teacher gives {teacher_out.shape[-1]} logits per token, the "
+                                f"aligned vocabulary has {self.vocab_size}: align with check_vocabularies")
+
+    def objective(self, student_out, teacher_out, batch, hp):
+        spec = TokenLossSpec(kind=self.divergence, temperature=hp["temperature"], beta=self.jsd_beta,
+                             skew=self.skew, divergence=teacher_out is not None and hp["soft_weight"] != 0,
+                             cross_entropy=hp["hard_weight"] != 0)
+        teacher, indices = teacher_out, None
+        if isinstance(teacher_out, TopKTargets):  # a compressed teacher
+            if hp["temperature"] != 1.0:
+                raise TrainingError("a top-k teacher cache holds temperature-1 probabilities: set "
+                                    "loss.temperature: 1 or use a live teacher")
+            teacher, indices = teacher_out.log_probs, teacher_out.indices
+        labels = shifted_targets(batch).to(self.device)
+        weight = bias = None
+        if self._head is not None:
+            weight = self._head.weight[: self.vocab_size]
+            bias = self._head.bias[: self.vocab_size] if self._head.bias is not None else None
+        else:
+            student_out = student_out[:, : self.vocab_size]
+        total, soft, hard = chunked_weighted_loss(
+            student_out, teacher, labels, spec, soft_weight=hp["soft_weight"] if spec.divergence else 0.0,
+            hard_weight=hp["hard_weight"] if spec.cross_entropy else 0.0, weight=weight, bias=bias,
+            teacher_indices=indices, chunk_size=self.chunk_tokens)
+        terms = {}
+        if spec.divergence:
+            terms["soft"] = soft
+        if spec.cross_entropy:
+            terms["hard"] = hard
+        return total, terms
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, batches) -> dict[str, float]:
+        """Held-out perplexity; with a reference teacher also top-1 agreement and KL(teacher ||
+        model) per token, all averaged over target tokens."""
+        was_training = model.training
+        model.eval()
+        nll = agree = kl = 0.0
+        tokens = 0
+        for batch in batches:
+            logits = selected_logits(model, batch, self.device, self.vocab_size, self.chunk_tokens).float()
+            labels = shifted_targets(batch).to(self.device)
+            nll += float(F.cross_entropy(logits, labels, reduction="sum"))
+            if self.reference is not None:
+                ref = self.reference(batch).to(self.device).float()
+                agree += float((logits.argmax(-1) == ref.argmax(-1)).sum())
+                kl += float(sum(token_divergence(logits[s : s + self.chunk_tokens].double(),
+                                                 ref[s : s + self.chunk_tokens].double()).sum()
+                                for s in range(0, len(labels), self.chunk_tokens)))
+            tokens += len(labels)
+        model.train(was_training)
+        out = {"nll": nll / max(tokens, 1), "ppl": math.exp(nll / max(tokens, 1)), "tokens": tokens}
+        if self.reference is not None:
+            out.update(agreement=agree / max(tokens, 1), kl_to_teacher=kl / max(tokens, 1))
+        return out

@@ -1,0 +1,81 @@
+"""Teacher sources for causal LMs: a live model scored only at the positions that count, and an
+in-memory cache (top-k with the tail mass kept, or dense fp16) built once over a training set."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from kdistill.losses.token import TopKTargets
+from kdistill.tasks.causal_lm import selected_logits
+from kdistill.teachers.base import TeacherSource
+from kdistill.teachers.live import weights_hash
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class CausalLMTeacher(TeacherSource):
+    """A live causal LM: eval mode, no gradients, optionally bf16/fp16; returns fp32 logits (N, V)
+    for the batch's target positions only, sliced to the aligned vocabulary."""
+
+    def __init__(self, model: nn.Module, vocab_size: int, *, precision: str = "fp32",
+                 device: str | torch.device = "cpu", output_device: str | torch.device | None = None,
+                 chunk_tokens: int = 512):
+        self.device = torch.device(device)
+        self.output_device = torch.device(output_device) if output_device else self.device
+        self.model = model.to(self.device, dtype=_DTYPES[precision]).eval().requires_grad_(False)
+        self.num_outputs = vocab_size
+        self.precision, self.chunk_tokens = precision, chunk_tokens
+
+    @torch.no_grad()
+    def logits(self, batch: dict) -> torch.Tensor:
+        out = selected_logits(self.model, batch, self.device, self.num_outputs, self.chunk_tokens)
+        return out.to(self.output_device, dtype=torch.float32)
+
+    def describe(self) -> dict:
+        return {"kind": "causal_lm_live", "weights_sha256": weights_hash(self.model),
+                "precision": self.precision, "vocab_size": self.num_outputs}
+
+
+class TopKCacheTeacher(TeacherSource):
+    """The teacher run once over every block of a training set, keeping per target token its
+    top-k log-probabilities (``k``; tail mass kept) or, with ``k=None``, its full logits in fp16;
+    batches look their rows up by ``index``. Only valid for the blocks it was built on (checked by
+    the number of target tokens per batch)."""
+
+    def __init__(self, teacher: TeacherSource, blocks, k: int | None = 64, batch_size: int = 8):
+        from kdistill.data.lm_text import LMBatches
+
+        self.num_outputs, self.k, self.source = teacher.num_outputs, k, teacher.describe()
+        per_block = (blocks.labels[:, 1:] != -100).sum(1)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), per_block.cumsum(0)])
+        total = int(self.offsets[-1])
+        if k is None:
+            self.dense = torch.empty(total, teacher.num_outputs, dtype=torch.float16)
+        else:
+            self.indices = torch.empty(total, k, dtype=torch.int32)
+            self.log_probs = torch.empty(total, k, dtype=torch.float32)
+        for batch in LMBatches(blocks, batch_size):
+            logits = teacher.logits(batch).float()
+            start = int(self.offsets[batch["index"][0]])
+            rows = slice(start, start + logits.shape[0])
+            if k is None:
+                self.dense[rows] = logits.cpu().to(torch.float16)
+                continue
+            top = torch.log_softmax(logits, -1).topk(k, -1)
+            self.indices[rows] = top.indices.to(torch.int32).cpu()
+            self.log_probs[rows] = top.values.cpu()
+
+    def logits(self, batch: dict) -> torch.Tensor | TopKTargets:
+        rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1]))
+                          for i in batch["index"].tolist()])
+        expected = int((batch["labels"][:, 1:] != -100).sum())
+        if rows.numel() != expected:
+            raise ValueError(f"the teacher cache holds {rows.numel()} target tokens for these blocks "
+                             f"but the batch has {expected}: the cache belongs to other data")
+        if self.k is None:
+            return self.dense[rows].float()
+        return TopKTargets(self.indices[rows].long(), self.log_probs[rows])
+
+    def describe(self) -> dict:
+        return {"kind": "causal_lm_cache", "k": self.k, "teacher": self.source}
