@@ -95,7 +95,7 @@ def _damage_cases():
         "scratch/metrics.jsonl line 2 is damaged": rewrite("scratch/metrics.jsonl",
                                                            lambda t: t.replace("\n", "\n{oops", 1)),
         "config.yaml is missing": lambda run: (run / "config.yaml").unlink(),
-        "config.yaml: student.mlp.hidden": rewrite("config.yaml", lambda t: t.replace("- 128", "- many")),
+        "config.yaml: student.hidden": rewrite("config.yaml", lambda t: t.replace("- 128", "- many")),
     }
 
 
