@@ -116,12 +116,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small subset, same code path (~1-2 min)")
     ap.add_argument("--out", type=Path, default=None, help="run folder (the teacher is cached there)")
+    ap.add_argument("--limit-train", type=int, default=None, help="training texts (default 2000; quick 300)")
+    ap.add_argument("--json", type=Path, default=None, help="results file (default bench/results/text_cls.json)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is much faster than 2 on a shared, oversubscribed CPU)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     os.environ["HF_HUB_OFFLINE"] = "1"
     s = settings(args.quick)
+    if args.limit_train:
+        s["limit_train"] = args.limit_train
     out = args.out or ROOT.parent / "runs" / ("bench-text-quick" if args.quick else "bench-text")
     started = time.perf_counter()
     base = base_config(s, out)
@@ -203,13 +207,12 @@ def main() -> None:
                               "hit all models alike; compare them as ratios. per_run latencies were "
                               "measured one model after another"},
     }
-    results = ROOT / "results"
-    results.mkdir(exist_ok=True)
-    name = "text_cls_quick.json" if args.quick else "text_cls.json"
-    (results / name).write_text(json.dumps(result, indent=2))
+    path = args.json or ROOT / "results" / ("text_cls_quick.json" if args.quick else "text_cls.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
     print(format_table(rows, "Rotten Tomatoes test split"))
     print(markdown(result))
-    print(f"wrote {results / name}")
+    print(f"wrote {path}")
 
 
 def markdown(r: dict) -> str:
