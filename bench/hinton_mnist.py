@@ -15,8 +15,9 @@ test set, and with ``train_on_val`` there is no val split to select on), and wri
     python bench/hinton_mnist.py --roles scratch     # one part only (e.g. in a parallel process)
 
 Every finished run is kept under ``--out`` with its config; a later invocation with the same
-config reuses it instead of training again, so parts can run in separate processes and a final
-plain invocation assembles the table.
+config reuses it instead of training again, and an interrupted run resumes from its last epoch
+checkpoint, so parts can run in separate processes and a final plain invocation assembles the
+table.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import torch
 
 from kdistill.config import RunConfig
 from kdistill.data import Batches, DataSplits, build_data
+from kdistill.engine import CHECKPOINT
+from kdistill.errors import CheckpointError
 from kdistill.models import build_model, count_parameters, load_weights
 from kdistill.runs import STUDENT_WEIGHTS, distill, train
 from kdistill.tasks import ClassificationTask
@@ -82,18 +85,27 @@ def run_role(role: str, cfg: RunConfig, data: DataSplits, run_dir: Path,
         return record
     # the model's initial weights come from the global generator: seed it per run
     torch.manual_seed(cfg.seed)
-    t0 = time.perf_counter()
-    if role == "distilled":
-        result = distill(cfg, teacher=teacher, data=data, out_dir=run_dir)
-    else:
-        result = train(cfg, role="teacher" if role == "teacher" else "scratch", data=data, out_dir=run_dir)
-    seconds = time.perf_counter() - t0
+    resume = (run_dir / CHECKPOINT).is_file()  # an interrupted run continues from its last epoch
+    try:
+        result = fit(role, cfg, data, run_dir, teacher, resume)
+    except CheckpointError as exc:  # a checkpoint left by another config: start afresh
+        print(f"  {run_dir.name}: not resuming ({exc})", flush=True)
+        torch.manual_seed(cfg.seed)
+        result = fit(role, cfg, data, run_dir, teacher, False)
+    seconds = sum(epoch["seconds"] for epoch in result.history)  # training time, across resumes
     record = {"role": role, "seed": cfg.seed, "errors": test_errors(result.model, data, cfg),
               "parameters": count_parameters(result.model), "seconds": round(seconds, 1),
-              "epochs": cfg.train.epochs, "config": cfg.model_dump(mode="json")}
+              "resumed": resume, "epochs": cfg.train.epochs, "config": cfg.model_dump(mode="json")}
     (run_dir / RESULT).write_text(json.dumps(record, indent=2))
-    print(f"  {run_dir.name}: {record['errors']} test errors in {seconds:.0f}s", flush=True)
+    print(f"  {run_dir.name}: {record['errors']} test errors after {seconds:.0f}s of training", flush=True)
     return record
+
+
+def fit(role: str, cfg: RunConfig, data: DataSplits, run_dir: Path,
+        teacher: torch.nn.Module | None, resume: bool):
+    if role == "distilled":
+        return distill(cfg, teacher=teacher, data=data, out_dir=run_dir, resume=resume)
+    return train(cfg, role=role, data=data, out_dir=run_dir, resume=resume)
 
 
 def load_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path) -> torch.nn.Module:
