@@ -48,9 +48,13 @@ PAPER = {"teacher": 67, "scratch": 146, "distilled": 74}
 RESULT = "result.json"
 
 
-def load_configs(quick: bool) -> dict[str, RunConfig]:
-    """The three YAML recipes; ``--quick`` shrinks data and epochs but keeps every setting."""
+def load_configs(quick: bool, teacher: str = "mlp") -> dict[str, RunConfig]:
+    """The three YAML recipes; ``--quick`` shrinks data and epochs but keeps every setting.
+    ``teacher="ccexam"`` swaps in the bundled pretrained CNN teacher (no teacher training)."""
     cfgs = {role: RunConfig.from_yaml(path) for role, path in CONFIGS.items()}
+    if teacher == "ccexam":
+        cfgs["distilled"] = RunConfig.from_yaml(ROOT / "configs" / "hinton_distilled_ccexam.yaml")
+        cfgs["teacher"] = cfgs["distilled"].model_copy(deep=True)
     for cfg in cfgs.values():
         cfg.train.progress = False
         if quick:
@@ -80,6 +84,11 @@ def cached(run_dir: Path, cfg: RunConfig) -> dict | None:
 def run_role(role: str, cfg: RunConfig, data: DataSplits, run_dir: Path,
              teacher: torch.nn.Module | None = None) -> dict:
     """Train (or reuse) one run and record its last-epoch test errors."""
+    if role == "teacher" and cfg.teacher.model.arch == "pretrained":  # nothing to train
+        model = load_teacher(cfg, data, run_dir)
+        return {"role": role, "seed": cfg.seed, "errors": test_errors(model, data, cfg),
+                "parameters": count_parameters(model), "seconds": 0.0, "pretrained": True,
+                "config": cfg.model_dump(mode="json")}
     if (record := cached(run_dir, cfg)) is not None:
         print(f"  {run_dir.name}: reusing finished run ({record['errors']} errors)", flush=True)
         return record
@@ -109,6 +118,8 @@ def fit(role: str, cfg: RunConfig, data: DataSplits, run_dir: Path,
 
 
 def load_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path) -> torch.nn.Module:
+    if cfg.teacher.model.arch == "pretrained":
+        return build_model(cfg.teacher.model, data.input_shape, data.num_classes)
     spec = cfg.teacher.model.model_copy(update={"weights": None})
     return load_weights(build_model(spec, data.input_shape, data.num_classes), run_dir / STUDENT_WEIGHTS)
 
@@ -133,17 +144,20 @@ def main(argv: list[str] | None = None) -> int:
                    help="which runs to do now; the table needs all three (finished runs are reused)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch intra-op threads (default: torch's); 1 is far faster on a shared machine")
+    p.add_argument("--teacher", choices=["mlp", "ccexam"], default="mlp",
+                   help="mlp: the paper's 1200-1200 dropout teacher, trained here (the main table); "
+                        "ccexam: the bundled pretrained CNN (a variant, not the paper's teacher)")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/hinton-bench[-quick])")
     p.add_argument("--json", type=Path, default=None, help="results file (default bench/results/hinton_mnist[_quick].json)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    suffix = "-quick" if args.quick else ""
-    out = args.out or ROOT / "runs" / f"hinton-bench{suffix}"
+    suffix = ("-ccexam" if args.teacher == "ccexam" else "") + ("-quick" if args.quick else "")
+    out = args.out or ROOT / "runs" / f"hinton-bench{'-quick' if args.quick else ''}"
     json_path = args.json or ROOT / "bench" / "results" / f"hinton_mnist{suffix.replace('-', '_')}.json"
     seeds = [int(s) for s in args.seeds.split(",")]
     roles = set(args.roles.split(","))
-    cfgs = load_configs(args.quick)
+    cfgs = load_configs(args.quick, args.teacher)
     info = machine()
     t_start = time.perf_counter()
 
@@ -151,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     data_jitter = build_data(cfgs["distilled"].data)  # same tensors; the jitter happens per batch
     records: dict[str, list[dict]] = {"teacher": [], "scratch": [], "distilled": []}
 
-    teacher_dir = out / "teacher"
-    if "teacher" in roles:
+    teacher_dir = out / ("teacher" if args.teacher == "mlp" else f"teacher-{args.teacher}")
+    if "teacher" in roles or args.teacher != "mlp":
         records["teacher"].append(run_role("teacher", cfgs["teacher"], data_jitter, teacher_dir))
     elif (r := cached(teacher_dir, cfgs["teacher"])) is not None:
         records["teacher"].append(r)
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             records["scratch"].append(r)
     for seed in seeds:
         cfg = cfgs["distilled"].model_copy(update={"seed": seed}, deep=True)
-        run_dir = out / f"distilled-seed{seed}"
+        run_dir = out / (f"distilled-seed{seed}" if args.teacher == "mlp" else f"distilled-{args.teacher}-seed{seed}")
         if "distilled" in roles:
             if not records["teacher"]:
                 print("no finished teacher run: run with --roles teacher first", file=sys.stderr)
@@ -192,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         "distilled_errors": figures["distilled"], "gap_closed": gap_closed,
         "paper": PAPER, "target": "distilled <= 74 errors and gap_closed >= 0.8", "target_met": met,
         "test_images": len(data_plain.test), "train_images": len(data_plain.train),
-        "seeds": seeds, "teacher_seed": cfgs["teacher"].seed,
+        "teacher": args.teacher, "seeds": seeds, "teacher_seed": cfgs["teacher"].seed,
         "run_seconds": {f"{r['role']}-seed{r['seed']}": r["seconds"] for recs in records.values() for r in recs},
         "sum_run_seconds": round(sum(r["seconds"] for recs in records.values() for r in recs), 1),
         "wall_seconds_this_invocation": round(time.perf_counter() - t_start, 1),
@@ -208,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nHinton et al. 2015 §3 on MNIST: test errors out of {len(data_plain.test)}, last epoch"
           f"{'  [QUICK: tiny subset, not comparable]' if args.quick else ''}")
     print(f"{'model':<34}{'paper':>6}  {'ours: mean ± std (per seed)'}")
-    print(f"{'teacher 1200-1200 dropout+jitter':<34}{PAPER['teacher']:>6}  {fmt(figures['teacher'])}")
+    teacher_name = "teacher 1200-1200 dropout+jitter" if args.teacher == "mlp" else "teacher: pretrained ccexam CNN"
+    print(f"{teacher_name:<34}{PAPER['teacher']:>6}  {fmt(figures['teacher'])}")
     print(f"{'student 800-800 from scratch':<34}{PAPER['scratch']:>6}  {fmt(figures['scratch'])}")
     print(f"{'student 800-800 distilled T=20':<34}{PAPER['distilled']:>6}  {fmt(figures['distilled'])}")
     print(f"gap closed: {gap_closed:.1%}   target (<= 74 errors and >= 80% of the gap): "
