@@ -235,23 +235,24 @@ class _ChunkedTokenLoss(torch.autograd.Function):
                     grads.append(grad_ce[s:e])
                 wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
                 got = list(torch.autograd.grad(outputs, wrt, grads, allow_unused=True))
-            if need_h and got[0] is not None:
-                grad_h[s:e] = got.pop(0)
-            elif need_h:
-                got.pop(0)
-            if need_w:
-                g = got.pop(0)
-                if g is not None:
-                    grad_w += g
-            if need_b:
-                g = got.pop(0)
-                if g is not None:
-                    grad_b += g
+            _add_chunk_grads(got, (need_h, need_w, need_b), grad_h, grad_w, grad_b, s, e)
         return grad_h, grad_w, grad_b, None, None, None, None, None
 
 
 def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[s:e]
+
+
+def _add_chunk_grads(got: list, needs: tuple[bool, bool, bool], grad_h, grad_w, grad_b, s: int, e: int) -> None:
+    """Place one chunk's gradients (in the order hidden, weight, bias, for those needed): the
+    hidden rows s:e are the chunk's own, the weight and bias gradients add up over chunks."""
+    need_h, need_w, need_b = needs
+    if need_h and (g := got.pop(0)) is not None:
+        grad_h[s:e] = g
+    if need_w and (g := got.pop(0)) is not None:
+        grad_w += g
+    if need_b and (g := got.pop(0)) is not None:
+        grad_b += g
 
 
 def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
@@ -309,18 +310,7 @@ class _ChunkedWeightedSum(torch.autograd.Function):
             sums[1] += d.detach().sum() if d is not None else 0.0
             sums[2] += c.detach().sum() if c is not None else 0.0
             if got:
-                if need_h:
-                    g = got.pop(0)
-                    if g is not None:
-                        grad_h[s:e] = g
-                if need_w:
-                    g = got.pop(0)
-                    if g is not None:
-                        grad_w += g
-                if need_b:
-                    g = got.pop(0)
-                    if g is not None:
-                        grad_b += g
+                _add_chunk_grads(got, (need_h, need_w, need_b), grad_h, grad_w, grad_b, s, e)
         ctx.save_for_backward(grad_h, grad_w, grad_b)
         ctx.has = (need_h, need_w, need_b)
         div_sum, ce_sum = sums[1].clone(), sums[2].clone()
