@@ -80,3 +80,8 @@ def test_jitter_shifts_within_bounds():
     ys, xs = torch.nonzero(out[:, 0], as_tuple=True)[1:]
     assert ys.min() >= 2 and ys.max() <= 6 and xs.min() >= 2 and xs.max() <= 6
     assert len(set(zip(ys.tolist(), xs.tolist()))) > 5
+
+
+def test_limit_train_applies_after_train_on_val():
+    d = build_data(DataConfig(dataset="mnist", train_on_val=True, limit_train=2000))
+    assert len(d.train) == 2000 and d.val is None

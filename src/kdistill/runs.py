@@ -132,7 +132,6 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
         from kdistill import runs_text
 
         return runs_text.train(cfg, role=role, student=student, data=data, resume=resume, out_dir=out_dir)
-
     if cfg.task == "causal_lm":
         from kdistill import lm_runs
 
@@ -145,6 +144,7 @@ def train(cfg: RunConfig, *, role: str = "scratch", student: nn.Module | None = 
             raise ConfigError("--role teacher needs a `teacher:` section with teacher.model in the config")
         if cfg.teacher.model.arch == "pretrained":
             raise ConfigError("teacher.model is a bundled pretrained model: it needs no training")
+        torch.manual_seed(cfg.seed)  # the teacher's initial weights follow the seed too
         student = build_model(cfg.teacher.model.model_copy(update={"weights": None}),
                               data.input_shape, data.num_classes)
     return _run(cfg, teacher=None, student=student, data=data, resume=resume,
@@ -160,7 +160,6 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
 
         return runs_text.distill(cfg, teacher=teacher, student=student, data=data, resume=resume,
                                  out_dir=out_dir)
-
     if cfg.task == "causal_lm":
         from kdistill import lm_runs
 
@@ -242,7 +241,6 @@ def run_comparison(cfg: RunConfig) -> list[ModelReport]:
         from kdistill import runs_text
 
         return runs_text.run_comparison(cfg)
-
     if cfg.task == "causal_lm":
         train(cfg, role="scratch")
         distill(cfg)

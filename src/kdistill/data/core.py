@@ -141,8 +141,6 @@ def build_data(cfg) -> DataSplits:
         "image_folder": sources.image_folder,
     }
     splits = loaders[cfg.dataset](cfg)
-    if cfg.limit_train:
-        splits.train = splits.train.subset(cfg.limit_train)
     if cfg.train_on_val and splits.val is not None:
         splits.train = Split(
             torch.cat([splits.train.inputs, splits.val.inputs]),
@@ -150,6 +148,8 @@ def build_data(cfg) -> DataSplits:
             "train",
         )
         splits.val = None
+    if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
+        splits.train = splits.train.subset(cfg.limit_train)
     splits.identity = (
         f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
         f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
