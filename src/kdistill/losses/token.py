@@ -215,11 +215,7 @@ class _ChunkedTokenLoss(torch.autograd.Function):
         hidden, weight, bias, teacher, teacher_indices, labels = ctx.saved_tensors
         spec, chunk = ctx.spec, ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
-        w = weight.detach().requires_grad_(need_w) if weight is not None else None
-        b = bias.detach().requires_grad_(need_b) if bias is not None else None
+        grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
             with torch.enable_grad():
@@ -241,6 +237,17 @@ class _ChunkedTokenLoss(torch.autograd.Function):
 
 def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[s:e]
+
+
+def _grad_buffers(hidden, weight, bias, needs: tuple[bool, bool, bool]):
+    """Zeroed gradients for the inputs that need them, and detached leaf copies of the output
+    layer's weight and bias for the per-chunk autograd calls."""
+    need_h, need_w, need_b = needs
+    return (torch.zeros_like(hidden) if need_h else None,
+            torch.zeros_like(weight) if need_w else None,
+            torch.zeros_like(bias) if need_b else None,
+            weight.detach().requires_grad_(need_w) if weight is not None else None,
+            bias.detach().requires_grad_(need_b) if bias is not None else None)
 
 
 def _add_chunk_grads(got: list, needs: tuple[bool, bool, bool], grad_h, grad_w, grad_b, s: int, e: int) -> None:
@@ -289,11 +296,7 @@ class _ChunkedWeightedSum(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk,
                 soft_weight, hard_weight):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h = torch.zeros_like(hidden) if need_h else None
-        grad_w = torch.zeros_like(weight) if need_w else None
-        grad_b = torch.zeros_like(bias) if need_b else None
-        w = weight.detach().requires_grad_(need_w) if weight is not None else None
-        b = bias.detach().requires_grad_(need_b) if bias is not None else None
+        grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
         sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
                            device=hidden.device)
         for s in range(0, hidden.shape[0], chunk):
