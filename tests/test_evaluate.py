@@ -146,3 +146,15 @@ def test_time_calls_repeats_and_budget():
     assert len(times) == 7 and len(calls) == 9
     slow = time_calls(lambda: time.sleep(0.01), repeats=100, warmup=0, budget_s=0.0, min_repeats=3)
     assert len(slow) == 3 and min(slow) >= 0.009
+
+
+def test_entropy_sum_estimate_on_many_rows_is_close_and_exact_below_the_cap():
+    import torch
+
+    from kdistill.evaluate import entropy_sum
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2000, 50, generator=g, dtype=torch.float64)
+    exact = entropy_sum(logits, 2.0)
+    assert entropy_sum(logits[:100], 2.0, max_rows=256) == entropy_sum(logits[:100], 2.0)
+    assert abs(entropy_sum(logits, 2.0, max_rows=256) - exact) / exact < 0.02
