@@ -69,12 +69,17 @@ def teacher_model(cfg: RunConfig, data: DataSplits) -> nn.Module:
                           "only to write the cache)")
     model = build_model(spec, data.input_shape, data.num_classes)
     if spec.weights is None and spec.arch != "pretrained":
-        trained = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
-        if not trained.is_file():
-            raise ConfigError(f"teacher.model has no weights and {trained} does not exist: train it "
-                              "first with `kdistill train CONFIG --role teacher`, or set teacher.model.weights")
-        load_weights(model, trained)
+        load_trained_teacher(cfg, model)
     return model
+
+
+def load_trained_teacher(cfg: RunConfig, model: nn.Module) -> nn.Module:
+    """Load the weights that ``kdistill train --role teacher`` left in this run's teacher folder."""
+    trained = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
+    if not trained.is_file():
+        raise ConfigError(f"teacher.model has no weights and {trained} does not exist: train it "
+                          "first with `kdistill train CONFIG --role teacher`, or set teacher.model.weights")
+    return load_weights(model, trained)
 
 
 def build_teacher(cfg: RunConfig, data: DataSplits) -> TeacherSource:

@@ -21,7 +21,8 @@ from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, compare
 from kdistill.models import count_parameters, load_weights
-from kdistill.runs import ROLES, STUDENT_WEIGHTS, RunResult, role_dir, save_model, write_comparison
+from kdistill.runs import (ROLES, STUDENT_WEIGHTS, RunResult, load_trained_teacher, role_dir, save_model,
+                           write_comparison)
 from kdistill.models.text import WithProjections, build_text_model, init_from_teacher, load_tokenizer, unwrap
 from kdistill.tasks.text import TextClassificationTask, ever_nonzero, plan_layer_terms
 from kdistill.teachers.text import TextTeacher
@@ -51,11 +52,7 @@ def teacher_model(cfg: RunConfig, data: TextSplits, tokenizer=None, attentions: 
     tokenizer = tokenizer or tokenizer_for(spec)
     model = _model(spec, data, tokenizer, attentions)
     if spec.weights is None:
-        trained = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
-        if not trained.is_file():
-            raise ConfigError(f"teacher.model has no weights and {trained} does not exist: fine-tune it "
-                              "first with `kdistill train CONFIG --role teacher`, or set teacher.model.weights")
-        load_weights(model, trained)
+        load_trained_teacher(cfg, model)
     return model
 
 
