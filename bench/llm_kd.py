@@ -8,7 +8,9 @@ number of target tokens:
 
 - scratch: cross-entropy on the text;
 - forward_kl / reverse_kl / jsd (beta 0.5): the divergence to the teacher's full distribution
-  (dense teacher logits computed once over the training blocks and cached in fp16);
+  (dense teacher logits computed once over the training blocks and cached in fp16), weight 1,
+  plus cross-entropy on the text at ``--hard-weight`` (0.5; without it the mode-seeking
+  divergences collapse onto tokens the teacher barely supports at these budgets);
 - sequence: cross-entropy on the teacher's greedy continuations of prompts cut from the same
   training text (32 prompt tokens, 64 generated), as many prompts as give the same target-token
   budget.
@@ -63,7 +65,7 @@ def config(out: Path, dataset: str, divergence: str, seed: int, args, precision:
                  "max_train_tokens": args.train_tokens, "max_eval_tokens": args.eval_tokens},
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER, "precision": precision},
-        "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0, "divergence": divergence,
+        "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": args.hard_weight, "divergence": divergence,
                  "jsd_beta": 0.5},
         "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10, "warmup_start": 3e-4},
                   "weight_decay": 0.0, "max_grad_norm": 1.0},
@@ -151,6 +153,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-tokens", type=int, default=None)
     ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--hard-weight", type=float, default=0.5,
+                    help="cross-entropy weight beside the divergence (soft weight 1) in token-level variants")
     ap.add_argument("--speed-repeats", type=int, default=None)
     ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
     ap.add_argument("--part", choices=("all", "quality", "speed"), default="all",
@@ -160,7 +164,7 @@ def main() -> None:
     args = ap.parse_args()
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (1 if args.quick else 3)
-    args.train_tokens = args.train_tokens or (1024 if args.quick else 2048)
+    args.train_tokens = args.train_tokens or (1024 if args.quick else 8192)
     args.speed_repeats = args.speed_repeats or (2 if args.quick else 3)
     from transformers.utils import logging as hf_logging
 

@@ -18,7 +18,8 @@ def _cfg(role: str) -> RunConfig:
 def test_hinton_configs_follow_the_paper():
     teacher, scratch, distilled = _cfg("teacher"), _cfg("scratch"), _cfg("distilled")
     assert teacher.teacher.model.hidden == [1200, 1200] and teacher.teacher.model.dropout == 0.5
-    assert teacher.data.augment == "jitter" and teacher.data.train_on_val
+    assert teacher.data.augment in ("jitter", "affine") and teacher.data.train_on_val
+    assert teacher.optim.max_norm is not None and teacher.data.jitter_pixels == 2
     # the baseline is unregularised; the distilled student is the same network at T=20
     assert scratch.student == distilled.student and scratch.student.hidden == [800, 800]
     assert scratch.student.dropout == 0 and scratch.data.augment == "none"

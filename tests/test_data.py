@@ -85,3 +85,30 @@ def test_jitter_shifts_within_bounds():
 def test_limit_train_applies_after_train_on_val():
     d = build_data(DataConfig(dataset="mnist", train_on_val=True, limit_train=2000))
     assert len(d.train) == 2000 and d.val is None
+
+
+def test_affine_moves_images_within_its_bounds_deterministically():
+    from kdistill.data.core import random_affine
+
+    img = torch.zeros(2, 1, 28, 28)
+    img[:, :, 12:16, 12:16] = 1.0  # a centred square
+    same = random_affine(img, 0, 0.0, 0.0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(same, img)  # no shift, rotation or zoom: the identity
+    out = random_affine(img, 2, 10.0, 0.1, torch.Generator().manual_seed(1))
+    again = random_affine(img, 2, 10.0, 0.1, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again) and out.shape == img.shape and not torch.equal(out, img)
+    for k in range(2):  # the square's centre of mass moves by at most the shift (+ zoom about the centre)
+        ys, xs = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+        m = out[k, 0]
+        cy, cx = float((m * ys).sum() / m.sum()), float((m * xs).sum() / m.sum())
+        assert abs(cy - 13.5) <= 2.5 and abs(cx - 13.5) <= 2.5
+        assert 0.7 * 16 <= float(m.sum()) <= 1.3 * 16  # area changes only by the zoom
+
+
+def test_batches_apply_affine_augmentation_per_epoch(small_mnist):
+    b = Batches(small_mnist.train, 32, shuffle=True, augment="affine", affine=(10.0, 0.1))
+    first = next(iter(b))["inputs"]
+    assert not torch.equal(first, small_mnist.train.inputs[next(iter(b))["index"]])
+    assert torch.equal(first, next(iter(b))["inputs"])  # same epoch: same draw
+    b.set_epoch(1)
+    assert not torch.equal(first, next(iter(b))["inputs"])

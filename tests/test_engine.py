@@ -135,3 +135,13 @@ def test_distillation_moves_the_student_towards_the_teacher(tmp_path, small_mnis
     distilled_logits = task.predict(distilled.student, val)[0]
     scratch_logits = task.predict(scratch.student, val)[0]
     assert kl_to(teacher_logits / 20, distilled_logits / 20) < kl_to(teacher_logits / 20, scratch_logits / 20)
+
+
+def test_max_norm_caps_every_unit_after_each_step(tmp_path, small_mnist):
+    cfg = tiny_config(tmp_path / "m", optim={"name": "sgd", "lr": 2.0, "max_norm": 0.5},
+                      train={"epochs": 1})
+    engine = make_engine(cfg, small_mnist, teacher=None)
+    engine.fit()
+    norms = [m.weight.detach().norm(dim=1) for m in engine.student.modules() if isinstance(m, torch.nn.Linear)]
+    assert all(float(n.max()) <= 0.5 + 1e-5 for n in norms)
+    assert any(float(n.max()) > 0.49 for n in norms)  # the cap was reached: it did something

@@ -207,8 +207,20 @@ def test_chunked_divergence_only_and_ce_only():
         chunked_token_losses(s.reshape(1, 6, 5), t, labels, TokenLossSpec())
 
 
+# the closed-form logit gradients (forward KL, reverse KL, JSD and its limits, cross-entropy, at
+# T = 1 where the student's softmax is shared and at T != 1) and the autograd path (skew KL, TV)
+WEIGHTED_CASES = [("jsd", 1.5, 0.2, True, True), ("jsd", 1.0, 0.7, True, True),
+                  ("jsd", 2.0, 0.0, True, True), ("jsd", 1.0, 1.0, True, False),
+                  ("forward_kl", 1.0, 0.5, True, True), ("forward_kl", 3.0, 0.5, True, True),
+                  ("reverse_kl", 1.0, 0.5, True, True), ("reverse_kl", 0.5, 0.5, True, False),
+                  ("forward_kl", 1.0, 0.5, False, True), ("skew_forward_kl", 2.0, 0.5, True, True),
+                  ("tv", 1.0, 0.5, True, True)]
+
+
 @pytest.mark.parametrize("fused", [False, True])
-def test_weighted_sum_computes_gradients_in_forward_exactly(fused):
+@pytest.mark.parametrize("kind,temperature,beta,divergence,cross_entropy", WEIGHTED_CASES)
+def test_weighted_sum_computes_gradients_in_forward_exactly(fused, kind, temperature, beta,
+                                                            divergence, cross_entropy):
     from kdistill.losses.token import chunked_weighted_loss
 
     g = torch.Generator().manual_seed(5)
@@ -218,10 +230,12 @@ def test_weighted_sum_computes_gradients_in_forward_exactly(fused):
     hidden = torch.randn(n, h if fused else v, generator=g, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(v, h, generator=g, dtype=torch.float64, requires_grad=True) if fused else None
     leaves = (hidden, weight) if fused else (hidden,)
-    spec = TokenLossSpec(kind="jsd", temperature=1.5, beta=0.2)
+    spec = TokenLossSpec(kind=kind, temperature=temperature, beta=beta, divergence=divergence,
+                         cross_entropy=cross_entropy)
     total, soft, hard = chunked_weighted_loss(hidden, teacher, labels, spec, soft_weight=0.6,
                                               hard_weight=0.4, weight=weight, chunk_size=3)
     ref_div, ref_ce = _unchunked(hidden, weight, None, teacher, labels, spec)
+    ref_div, ref_ce = ref_div * divergence, ref_ce * cross_entropy
     want = 0.6 * ref_div.sum() + 0.4 * ref_ce.sum()
     torch.testing.assert_close(total, want)
     torch.testing.assert_close(soft, ref_div.sum().detach())
@@ -231,3 +245,14 @@ def test_weighted_sum_computes_gradients_in_forward_exactly(fused):
     assert torch.autograd.gradcheck(
         lambda *x: chunked_weighted_loss(x[0], teacher, labels, spec, soft_weight=0.6, hard_weight=0.4,
                                          weight=x[1] if fused else None, chunk_size=3)[0], leaves)
+
+
+def test_default_chunk_keeps_cpu_logits_within_24_mib():
+    from kdistill.losses.token import default_chunk_tokens
+
+    for vocab in (49_152, 151_936, 32_000):
+        chunk = default_chunk_tokens(vocab)
+        assert chunk * vocab * 4 <= 24 * 2**20 < 2 * chunk * vocab * 4  # the largest power of two
+    assert default_chunk_tokens(49_152) == 128
+    assert default_chunk_tokens(50) == 1024  # tiny vocabularies: bounded by tokens
+    assert default_chunk_tokens(49_152, "cuda") == 512

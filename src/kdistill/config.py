@@ -33,10 +33,13 @@ class DataConfig(Strict):
     path: Optional[Path] = Field(None, description="tensors: a .safetensors file; image_folder: a folder")
     batch_size: int = Field(128, gt=0)
     eval_batch_size: int = Field(1000, gt=0)
-    augment: Literal["none", "jitter"] = Field(
-        "none", description="jitter: random shifts of up to jitter_pixels (Hinton et al. 2015)"
+    augment: Literal["none", "jitter", "affine"] = Field(
+        "none", description="jitter: random shifts of up to jitter_pixels (Hinton et al. 2015); "
+                            "affine: also rotations and scaling"
     )
     jitter_pixels: int = Field(2, ge=1, le=8)
+    affine_degrees: float = Field(10.0, ge=0, le=180, description="affine: rotations up to +- this")
+    affine_scale: float = Field(0.1, ge=0, lt=1, description="affine: zoom by a factor in 1 +- this")
     train_on_val: bool = Field(False, description="train on train+val (and select nothing on val)")
     val_size: int = Field(10000, ge=0, description="held out from train where no val split exists")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
@@ -45,6 +48,24 @@ class DataConfig(Strict):
 
 
 TEXT_DATASETS = ("rotten_tomatoes", "csv", "jsonl", "hf")
+
+
+class TransferAugmentConfig(Strict):
+    """Text distillation only: extra teacher-labelled copies of each training text, perturbed as
+    in Tang et al. 2019 (masked words, words swapped for others from the corpus, an n-gram cut
+    out). The teacher's soft targets on them are the point; their hard labels are the original's."""
+
+    copies: int = Field(0, ge=0, description="perturbed copies per training text (0: off)")
+    mask_prob: float = Field(0.1, ge=0, le=1, description="chance a word becomes the mask token")
+    swap_prob: float = Field(0.1, ge=0, le=1, description="chance a word is swapped for a random corpus word")
+    ngram_prob: float = Field(0.25, ge=0, le=1, description="chance a copy is cut to one n-gram (n <= 5)")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _probabilities(self):
+        if self.mask_prob + self.swap_prob > 1:
+            raise ValueError(f"mask_prob + swap_prob must be <= 1, got {self.mask_prob + self.swap_prob}")
+        return self
 
 
 class TextDataConfig(Strict):
@@ -69,6 +90,7 @@ class TextDataConfig(Strict):
         50, gt=0, description="batching by length: shuffle, then sort pools of this many batches")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
     limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N val and test samples")
+    transfer_augment: TransferAugmentConfig = Field(default_factory=TransferAugmentConfig)
 
 
 LM_DATASETS = ("shakespeare", "python_docs", "text_files", "completions_jsonl")
@@ -278,7 +300,8 @@ class LossConfig(Strict):
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"] = "forward_kl"
     jsd_beta: float = Field(0.5, ge=0, le=1, description="GKD's beta: 0 = forward KL, 1 = reverse KL")
     skew: float = Field(0.1, ge=0, lt=1, description="skew KL's mixing weight alpha")
-    chunk_tokens: int = Field(512, gt=0, description="tokens per chunk of the memory-bounded loss")
+    chunk_tokens: Optional[int] = Field(None, gt=0, description="tokens per chunk of the memory-bounded "
+                                        "loss; default: sized by the vocabulary and device")
     on_policy_fraction: float = Field(0.0, ge=0, le=1, description="GKD lambda: share of batches whose "
                                       "completions the student samples (jsonl prompt data only)")
     on_policy_max_new_tokens: int = Field(64, gt=0)
@@ -300,6 +323,8 @@ class OptimConfig(Strict):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0)
     max_grad_norm: Optional[float] = Field(None, gt=0)
+    max_norm: Optional[float] = Field(None, gt=0, description="cap each unit's incoming weight norm "
+                                      "after every step (dropout nets, Srivastava et al. 2014)")
 
 
 class LogConfig(Strict):

@@ -50,6 +50,16 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
 
 
+@torch.no_grad()
+def constrain_max_norm(model: nn.Module, max_norm: float) -> None:
+    """Rescale each output unit's incoming weights (a row of a linear layer, a filter of a
+    convolution) to an L2 norm of at most ``max_norm``: the constraint that lets dropout nets
+    train at high learning rates (Srivastava et al. 2014)."""
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            module.weight.renorm_(2, 0, max_norm)
+
+
 def _groups(batches: Iterable, size: int):
     it = iter(batches)
     while group := list(itertools.islice(it, size)):
@@ -152,6 +162,8 @@ class Engine:
         if self.cfg.optim.max_grad_norm:
             nn.utils.clip_grad_norm_(self.student.parameters(), self.cfg.optim.max_grad_norm)
         self.optimizer.step()
+        if self.cfg.optim.max_norm:
+            constrain_max_norm(self.student, self.cfg.optim.max_norm)
         return {k: v / total for k, v in sums.items()}
 
     def _nonfinite_message(self, bad) -> str:

@@ -80,7 +80,7 @@ def make_task(cfg: RunConfig, vocab_size: int, reference=None) -> CausalLMTask:
 def live_teacher(cfg: RunConfig, model: nn.Module, vocab_size: int) -> CausalLMTeacher:
     t = cfg.teacher
     return CausalLMTeacher(model, vocab_size, precision=t.precision, device=t.device or cfg.train.device,
-                           output_device=cfg.train.device, chunk_tokens=cfg.loss.chunk_tokens)
+                           output_device=cfg.train.device)
 
 
 def run(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module, tokenizer,

@@ -46,6 +46,7 @@ def batches(cfg: RunConfig, data: DataSplits) -> tuple[Batches, Batches | None]:
     d, ctx = cfg.data, distributed.current()
     train = Batches(data.train, d.batch_size, shuffle=True, seed=cfg.seed,
                     augment=d.augment, jitter_pixels=d.jitter_pixels,
+                    affine=(d.affine_degrees, d.affine_scale),
                     rank=ctx.rank, world_size=ctx.world_size)
     val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
     return train, val

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
 
 from kdistill.errors import DataError
 
@@ -70,6 +72,21 @@ def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> 
     return out.permute(0, 3, 1, 2).reshape(images.shape)
 
 
+def random_affine(images: torch.Tensor, max_shift: int, degrees: float, scale: float,
+                  generator: torch.Generator) -> torch.Tensor:
+    """Rotate each image by up to ``degrees``, zoom by a factor in 1 +- ``scale`` and shift by up
+    to ``max_shift`` pixels (bilinear, zero fill; batched)."""
+    n, h, w = images.shape[0], images.shape[-2], images.shape[-1]
+    uniform = lambda: torch.rand(n, generator=generator) * 2 - 1
+    angle, zoom = uniform() * math.radians(degrees), 1 + uniform() * scale
+    shift_x, shift_y = uniform() * (2 * max_shift / w), uniform() * (2 * max_shift / h)
+    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+    theta = torch.stack([torch.stack([cos, -sin, shift_x], 1), torch.stack([sin, cos, shift_y], 1)], 1)
+    flat = images.reshape(n, -1, h, w)
+    grid = F.affine_grid(theta.to(flat.dtype), list(flat.shape), align_corners=False)
+    return F.grid_sample(flat, grid, align_corners=False).reshape(images.shape)
+
+
 class Batches:
     """Iterates a split in (optionally shuffled) batches by tensor slicing.
 
@@ -91,12 +108,13 @@ class Batches:
         seed: int = 0,
         augment: str = "none",
         jitter_pixels: int = 2,
+        affine: tuple[float, float] = (10.0, 0.1),
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
     ):
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.augment, self.jitter_pixels, self.drop_last = augment, jitter_pixels, drop_last
+        self.augment, self.jitter_pixels, self.affine, self.drop_last = augment, jitter_pixels, affine, drop_last
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
@@ -127,6 +145,8 @@ class Batches:
             inputs = self.split.inputs[idx]
             if self.augment == "jitter":
                 inputs = jitter(inputs, self.jitter_pixels, aug_gen)
+            elif self.augment == "affine":
+                inputs = random_affine(inputs, self.jitter_pixels, *self.affine, aug_gen)
             yield {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
 
 

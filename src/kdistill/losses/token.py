@@ -146,6 +146,20 @@ def _log_rest(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- chunked, memory-bounded
+CPU_CHUNK_BYTES = 24 * 2**20
+
+
+def default_chunk_tokens(vocab_size: int, device: str | torch.device = "cpu") -> int:
+    """Tokens per loss chunk. On a CPU one chunk's fp32 logits stay within 24 MiB: larger fresh
+    buffers are mapped from the OS and page-faulted on every allocation (glibc's mmap threshold
+    is at most 32 MiB), which costs more than the loss arithmetic itself. Elsewhere 512."""
+    if torch.device(device).type != "cpu":
+        return 512
+    fits = max(1, CPU_CHUNK_BYTES // (4 * vocab_size))
+    return min(1024, max(16, 2 ** (fits.bit_length() - 1)))
+
+
+
 @dataclass(frozen=True)
 class TokenLossSpec:
     """What to compute per token: a divergence to the teacher and/or cross-entropy on labels."""
@@ -185,6 +199,63 @@ def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: T
             log_q1 = F.log_softmax(logits, dim=-1)
         ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
     return div, ce
+
+
+CLOSED_FORM = ("forward_kl", "reverse_kl", "jsd")
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-row sum of a * b, without a V-wide temporary."""
+    return torch.einsum("nv,nv->n", a, b)
+
+
+def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight: float,
+                       hard_weight: float):
+    """Per-token (divergence, cross-entropy) of one chunk and the gradient of
+    ``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` with respect to the
+    logits, in closed form: no autograd graph, and each V-wide quantity made once.
+
+    With s = z / T and Q = softmax(s), d(T^2 D)/dz = T * dD/ds, and for D = sum_j Q_j g_j-type
+    divergences dD/ds_j = Q_j (g_j - sum_k Q_k g_k) where g = dD/dQ:
+    forward KL  g = -P / Q  ->  dD/ds = Q - P;
+    reverse KL  g = log Q - log P (+1);
+    JSD(beta)   g = (1 - beta) (log Q - log M) (+const), M = beta P + (1 - beta) Q.
+    """
+    t = spec.temperature
+    div = ce = grad = log_q = q = None
+    if spec.divergence:
+        log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
+        q = log_q.exp()
+    if spec.cross_entropy:  # first: the divergence below overwrites buffers in place
+        shared = log_q is not None and t == 1.0
+        log_q1 = log_q if shared else F.log_softmax(logits, dim=-1)
+        ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
+        grad = q.mul(hard_weight) if shared else log_q1.exp_().mul_(hard_weight)
+        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard_weight))
+    if spec.divergence:
+        kind, beta = spec.kind, spec.beta
+        if kind == "jsd" and beta in (0.0, 1.0):
+            kind = "forward_kl" if beta == 0.0 else "reverse_kl"
+        tl = teacher.to(logits.dtype)
+        log_p = F.log_softmax(tl if t == 1.0 else tl / t, dim=-1)
+        if kind == "forward_kl":
+            p = log_p.exp()
+            div = _row_dot(p, log_p.sub_(log_q))
+            g_s = p.neg_().add_(q)
+        elif kind == "reverse_kl":
+            g = log_p.neg_().add_(log_q)
+            div = _row_dot(q, g)
+            g_s = g.sub_(div[:, None]).mul_(q)
+        else:  # jsd, 0 < beta < 1: each KL to the mixture as a sum of non-negative-mean terms
+            p = log_p.exp()
+            log_m = p.mul(beta).add_(q, alpha=1.0 - beta).clamp_min_(torch.finfo(q.dtype).tiny).log_()
+            g = log_q.sub_(log_m).mul_(1.0 - beta)
+            q_g = _row_dot(q, g)
+            div = beta * _row_dot(p, log_p.sub_(log_m)) + q_g
+            g_s = g.sub_(q_g[:, None]).mul_(q)
+        grad = g_s.mul_(soft_weight * t) if grad is None else grad.add_(g_s, alpha=soft_weight * t)
+        div = div * t**2
+    return div, ce, (torch.zeros_like(logits) if grad is None else grad)
 
 
 class _ChunkedTokenLoss(torch.autograd.Function):
@@ -262,10 +333,18 @@ def _add_chunk_grads(got: list, needs: tuple[bool, bool, bool], grad_h, grad_w, 
         grad_b += g
 
 
+def _chunk_size(chunk_size: int | None, hidden: torch.Tensor, weight: torch.Tensor | None) -> int:
+    if chunk_size is None:
+        return default_chunk_tokens(hidden.shape[1] if weight is None else weight.shape[0], hidden.device)
+    if chunk_size <= 0:
+        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    return chunk_size
+
+
 def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
                          spec: TokenLossSpec, *, weight: torch.Tensor | None = None,
                          bias: torch.Tensor | None = None, teacher_indices: torch.Tensor | None = None,
-                         chunk_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+                         chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token divergence and cross-entropy over N selected tokens, ``chunk_size`` at a time.
 
     ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
@@ -280,12 +359,35 @@ def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, lab
         raise ValueError("a divergence was requested but no teacher outputs were given")
     if spec.cross_entropy and labels is None:
         raise ValueError("cross-entropy was requested but no labels were given")
-    if chunk_size <= 0:
-        raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    chunk_size = _chunk_size(chunk_size, hidden, weight)
     if teacher is not None:
         teacher = teacher.detach()
     return _ChunkedTokenLoss.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
                                    chunk_size)
+
+
+def _weighted(div, ce, soft_weight: float, hard_weight: float, dtype) -> torch.Tensor:
+    terms = [wt * t.sum() for wt, t in ((soft_weight, div), (hard_weight, ce)) if t is not None]
+    return sum(terms[1:], terms[0]).to(dtype) if terms else torch.zeros((), dtype=dtype)
+
+
+def _closed_form_chunk_grads(h, w, b, teacher, labels, spec, soft_weight, hard_weight, needs):
+    """One chunk's terms and its (hidden, weight, bias) gradients through the closed-form logit
+    gradient: the output layer's two matmuls are the only work beyond the loss itself."""
+    need_h, need_w, need_b = needs
+    with torch.no_grad():
+        logits = h if w is None else F.linear(h, w, b)
+        if logits.dtype not in (torch.float32, torch.float64):
+            logits = logits.float()
+        d, c, g = _closed_form_chunk(logits, teacher, labels, spec, soft_weight, hard_weight)
+        got = []
+        if need_h:
+            got.append(g.to(h.dtype) if w is None else (g @ w.to(g.dtype)).to(h.dtype))
+        if need_w:
+            got.append((g.t() @ h.to(g.dtype)).to(w.dtype))
+        if need_b:
+            got.append(g.sum(0).to(b.dtype))
+    return d, c, got
 
 
 class _ChunkedWeightedSum(torch.autograd.Function):
@@ -299,16 +401,21 @@ class _ChunkedWeightedSum(torch.autograd.Function):
         grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
         sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
                            device=hidden.device)
+        closed_form = teacher_indices is None and (not spec.divergence or spec.kind in CLOSED_FORM)
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
-            with torch.enable_grad():
-                h = hidden[s:e].detach().requires_grad_(need_h)
-                d, c = _chunk_terms(h, w, b, _rows(teacher, s, e), _rows(teacher_indices, s, e),
-                                    _rows(labels, s, e), spec)
-                total = sum((wt * t.sum() for wt, t in ((soft_weight, d), (hard_weight, c)) if t is not None),
-                            h.new_zeros((), dtype=sums.dtype))
-                wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
-                got = list(torch.autograd.grad(total, wrt, allow_unused=True)) if wrt and total.requires_grad else []
+            rows = (_rows(teacher, s, e), _rows(teacher_indices, s, e), _rows(labels, s, e))
+            if closed_form:
+                d, c, got = _closed_form_chunk_grads(hidden[s:e].detach(), w, b, rows[0], rows[2], spec,
+                                                     soft_weight, hard_weight, (need_h, need_w, need_b))
+            else:
+                with torch.enable_grad():
+                    h = hidden[s:e].detach().requires_grad_(need_h)
+                    d, c = _chunk_terms(h, w, b, *rows, spec)
+                    total = _weighted(d, c, soft_weight, hard_weight, sums.dtype)
+                    wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
+                    got = list(torch.autograd.grad(total, wrt, allow_unused=True)) if wrt and total.requires_grad else []
+            total = _weighted(d, c, soft_weight, hard_weight, sums.dtype)
             sums[0] += total.detach()
             sums[1] += d.detach().sum() if d is not None else 0.0
             sums[2] += c.detach().sum() if c is not None else 0.0
@@ -331,7 +438,7 @@ class _ChunkedWeightedSum(torch.autograd.Function):
 def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
                           spec: TokenLossSpec, *, soft_weight: float, hard_weight: float,
                           weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                          teacher_indices: torch.Tensor | None = None, chunk_size: int = 512
+                          teacher_indices: torch.Tensor | None = None, chunk_size: int | None = None
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
     and the two unweighted sums (for logging; not differentiable).
@@ -346,6 +453,7 @@ def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, la
         raise ValueError("a divergence was requested but no teacher outputs were given")
     if spec.cross_entropy and labels is None:
         raise ValueError("cross-entropy was requested but no labels were given")
+    chunk_size = _chunk_size(chunk_size, hidden, weight)
     if teacher is not None:
         teacher = teacher.detach()
     return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,

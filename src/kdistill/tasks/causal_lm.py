@@ -18,7 +18,8 @@ from torch import nn
 
 from kdistill.data.lm_text import IGNORE
 from kdistill.errors import TrainingError
-from kdistill.losses.token import TokenLossSpec, TopKTargets, chunked_weighted_loss, token_divergence
+from kdistill.losses.token import (TokenLossSpec, TopKTargets, chunked_weighted_loss, default_chunk_tokens,
+                                   token_divergence)
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import to_logits
 
@@ -54,18 +55,14 @@ def selected_hidden(model: nn.Module, batch: dict, device: torch.device) -> torc
     return hidden[:, :-1][target_mask(batch).to(device)]
 
 
-def selected_logits(model: nn.Module, batch: dict, device: torch.device, vocab_size: int,
-                    chunk: int = 512) -> torch.Tensor:
+def selected_logits(model: nn.Module, batch: dict, device: torch.device, vocab_size: int) -> torch.Tensor:
     """Logits (N, vocab_size) at the selected positions, for teachers and evaluation."""
     head = output_head(model)
     if head is None:
         out = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         return to_logits(out)[:, :-1][target_mask(batch).to(device)][:, :vocab_size]
     h = selected_hidden(model, batch, device)
-    w = head.weight[:vocab_size]
-    b = head.bias[:vocab_size] if head.bias is not None else None
-    return torch.cat([F.linear(h[s : s + chunk], w, b) for s in range(0, h.shape[0], chunk)] or
-                     [h.new_zeros(0, vocab_size)])
+    return F.linear(h, head.weight[:vocab_size], head.bias[:vocab_size] if head.bias is not None else None)
 
 
 class CausalLMTask(Task):
@@ -77,10 +74,11 @@ class CausalLMTask(Task):
     """
 
     def __init__(self, vocab_size: int, *, divergence: str = "forward_kl", jsd_beta: float = 0.5,
-                 skew: float = 0.1, chunk_tokens: int = 512, device: str | torch.device = "cpu",
+                 skew: float = 0.1, chunk_tokens: int | None = None, device: str | torch.device = "cpu",
                  reference: Callable[[dict], torch.Tensor] | None = None):
         self.vocab_size, self.divergence, self.jsd_beta, self.skew = vocab_size, divergence, jsd_beta, skew
-        self.chunk_tokens, self.device, self.reference = chunk_tokens, torch.device(device), reference
+        self.device, self.reference = torch.device(device), reference
+        self.chunk_tokens = chunk_tokens or default_chunk_tokens(vocab_size, self.device)
         self._head: nn.Linear | None = None
 
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -141,7 +139,7 @@ class CausalLMTask(Task):
         nll = agree = kl = 0.0
         tokens = 0
         for batch in batches:
-            logits = selected_logits(model, batch, self.device, self.vocab_size, self.chunk_tokens).float()
+            logits = selected_logits(model, batch, self.device, self.vocab_size).float()
             labels = shifted_targets(batch).to(self.device)
             nll += float(F.cross_entropy(logits, labels, reduction="sum"))
             if self.reference is not None:

@@ -19,17 +19,16 @@ class CausalLMTeacher(TeacherSource):
     for the batch's target positions only, sliced to the aligned vocabulary."""
 
     def __init__(self, model: nn.Module, vocab_size: int, *, precision: str = "fp32",
-                 device: str | torch.device = "cpu", output_device: str | torch.device | None = None,
-                 chunk_tokens: int = 512):
+                 device: str | torch.device = "cpu", output_device: str | torch.device | None = None):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
         self.model = model.to(self.device, dtype=_DTYPES[precision]).eval().requires_grad_(False)
         self.num_outputs = vocab_size
-        self.precision, self.chunk_tokens = precision, chunk_tokens
+        self.precision = precision
 
     @torch.no_grad()
     def logits(self, batch: dict) -> torch.Tensor:
-        out = selected_logits(self.model, batch, self.device, self.num_outputs, self.chunk_tokens)
+        out = selected_logits(self.model, batch, self.device, self.num_outputs)
         return out.to(self.output_device, dtype=torch.float32)
 
     def describe(self) -> dict:
