@@ -11,9 +11,11 @@ number of target tokens:
   (dense teacher logits computed once over the training blocks and cached in fp16), weight 1,
   plus cross-entropy on the text at ``--hard-weight`` (0.5; without it the mode-seeking
   divergences collapse onto tokens the teacher barely supports at these budgets);
-- sequence: cross-entropy on the teacher's greedy continuations of prompts cut from the same
-  training text (32 prompt tokens, 64 generated), as many prompts as give the same target-token
-  budget.
+- sequence: cross-entropy on the teacher's sampled continuations (temperature 1, no top-k /
+  top-p: unbiased samples of its distribution, so the student's cross-entropy on them estimates
+  the forward KL on the teacher's own contexts; greedy answers teach only the mode) of prompts
+  cut from the same training text (32 prompt tokens, 64 generated), as many prompts as give the
+  same target-token budget.
 
 Held-out metrics (end of the text, never trained on): perplexity of the real next token, top-1
 agreement with the teacher and KL(teacher || student) per token on the full vocabulary; last
@@ -76,16 +78,18 @@ def config(out: Path, dataset: str, divergence: str, seed: int, args, precision:
 
 @torch.no_grad()
 def sequence_data(teacher_model, data, budget: int):
-    """Teacher's greedy continuations of prompts cut from the training text, up to ``budget``
-    target tokens."""
+    """Teacher's sampled continuations of prompts cut from the training text, up to ``budget``
+    target tokens (seeded)."""
     stream = data.train.input_ids.flatten()
     n = -(-budget // NEW_TOKENS)
     step = max(1, (len(stream) - PROMPT_TOKENS) // n)
     prompts = torch.stack([stream[i * step : i * step + PROMPT_TOKENS] for i in range(n)])
     completions = []
+    torch.manual_seed(0)
     for s in range(0, n, 64):  # few large batches: decoding cost is per step
         out = teacher_model.generate(input_ids=prompts[s : s + 64], attention_mask=torch.ones_like(prompts[s : s + 64]),
-                                     do_sample=False, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                     do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                                     max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
                                      pad_token_id=teacher_model.config.pad_token_id)
         completions += out[:, PROMPT_TOKENS:].tolist()
     completions[-1] = completions[-1][: budget - NEW_TOKENS * (n - 1)]  # exactly the budget

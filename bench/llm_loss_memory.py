@@ -6,7 +6,8 @@ loss = 0.5 * forward KL(teacher || student) + 0.5 * cross-entropy over the targe
 - naive: the student's logits for every position (hidden @ W.T, B x L x V), log-softmaxes over
   the full tensors, then the mask -- what a straightforward implementation does.
 - chunked: the task's path -- target positions selected first, then
-  ``chunked_weighted_loss`` fused with the output layer, 512 tokens per chunk (the default).
+  ``chunked_weighted_loss`` fused with the output layer, chunks of the loss's default size
+  (on CPU: 24 MiB of fp32 logits, 128 tokens at this vocabulary).
 
 Each variant gets the teacher logits its pipeline produces (naive: all positions, B x L x V;
 chunked: the target positions, N x V, from ``CausalLMTeacher``) and every position but the last
@@ -127,7 +128,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 1, sequence 2048 (~1-2 minutes)")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--chunk", type=int, default=512)
+    ap.add_argument("--chunk", type=int, default=None, help="tokens per chunk (default: the loss's own)")
     ap.add_argument("--trial", nargs=2, metavar=("VARIANT", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--size", nargs=4, type=int, metavar=("B", "L", "V", "H"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -135,6 +136,9 @@ def main() -> None:
         trial(args.trial[0], *args.size, args.chunk, args.trial[1])
         return
     batch, seq, vocab, hidden = (1, 2048, 49152, 576) if args.quick else (4, 1024, 49152, 576)
+    from kdistill.losses.token import default_chunk_tokens
+
+    args.chunk = args.chunk or default_chunk_tokens(vocab)
     results: dict[str, list[dict]] = {"naive": [], "chunked": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):

@@ -116,33 +116,3 @@ def test_numeric_labels_keep_numeric_order(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = build_text_data(TextDataConfig(dataset="jsonl", path=str(tmp_path / "d.jsonl")))
     assert data.class_names == ["2", "10"]
-
-
-def test_transfer_copies_are_perturbed_deterministic_and_keep_labels():
-    from kdistill.config import TransferAugmentConfig
-    from kdistill.data.text import with_transfer_copies
-
-    data = build_text_data(TextDataConfig(dataset="rotten_tomatoes", limit_train=50))
-    n = len(data.train)
-    aug = TransferAugmentConfig(copies=3, mask_prob=0.2, swap_prob=0.1, ngram_prob=0.25)
-    more = with_transfer_copies(data, aug, "[MASK]")
-    assert more.train.texts == with_transfer_copies(data, aug, "[MASK]").train.texts  # same for every run
-    assert more.train.texts[:n] == data.train.texts and 2 * n < len(more.train) <= 4 * n
-    assert more.test is data.test and more.identity != data.identity
-    copies = more.train.texts[n:]
-    assert all(t.strip() and t not in data.train.texts for t in copies)
-    assert any("[MASK]" in t for t in copies) and any(len(t.split()) <= 5 for t in copies)
-    # nothing dropped when every word is masked: copy k of text i sits at n + 3 i + k, same label
-    masked = with_transfer_copies(data, TransferAugmentConfig(copies=3, mask_prob=1.0, swap_prob=0.0,
-                                                              ngram_prob=0.0), "[MASK]")
-    assert len(masked.train) == 4 * n
-    assert torch.equal(masked.train.labels[n:], data.train.labels.repeat_interleave(3))
-    assert masked.train.texts[n] == " ".join(["[MASK]"] * len(data.train.texts[0].split()))
-    assert with_transfer_copies(data, TransferAugmentConfig(), "[MASK]") is data  # copies: 0 is off
-
-
-def test_transfer_augment_config_is_validated():
-    with pytest.raises(ValueError, match="mask_prob \\+ swap_prob"):
-        TextDataConfig(transfer_augment={"copies": 1, "mask_prob": 0.7, "swap_prob": 0.5})
-    with pytest.raises(ValueError, match="copies"):
-        TextDataConfig(transfer_augment={"copies": -1})

@@ -50,24 +50,6 @@ class DataConfig(Strict):
 TEXT_DATASETS = ("rotten_tomatoes", "csv", "jsonl", "hf")
 
 
-class TransferAugmentConfig(Strict):
-    """Text distillation only: extra teacher-labelled copies of each training text, perturbed as
-    in Tang et al. 2019 (masked words, words swapped for others from the corpus, an n-gram cut
-    out). The teacher's soft targets on them are the point; their hard labels are the original's."""
-
-    copies: int = Field(0, ge=0, description="perturbed copies per training text (0: off)")
-    mask_prob: float = Field(0.1, ge=0, le=1, description="chance a word becomes the mask token")
-    swap_prob: float = Field(0.1, ge=0, le=1, description="chance a word is swapped for a random corpus word")
-    ngram_prob: float = Field(0.25, ge=0, le=1, description="chance a copy is cut to one n-gram (n <= 5)")
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _probabilities(self):
-        if self.mask_prob + self.swap_prob > 1:
-            raise ValueError(f"mask_prob + swap_prob must be <= 1, got {self.mask_prob + self.swap_prob}")
-        return self
-
-
 class TextDataConfig(Strict):
     """Text classification data: a built-in corpus, CSV / JSONL files or a Hugging Face dataset."""
 
@@ -90,7 +72,6 @@ class TextDataConfig(Strict):
         50, gt=0, description="batching by length: shuffle, then sort pools of this many batches")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
     limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N val and test samples")
-    transfer_augment: TransferAugmentConfig = Field(default_factory=TransferAugmentConfig)
 
 
 LM_DATASETS = ("shakespeare", "python_docs", "text_files", "completions_jsonl")

@@ -16,7 +16,7 @@ from torch import nn
 
 from kdistill.checkpoint import atomic_write_text
 from kdistill.config import RunConfig
-from kdistill.data.text import TextBatches, TextSplits, build_text_data, encode, pad, tokenize, with_transfer_copies
+from kdistill.data.text import TextBatches, TextSplits, build_text_data, encode, pad, tokenize
 from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, compare
@@ -122,7 +122,6 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
         raise ConfigError("distillation needs a `teacher:` section in the config")
     data = data or build_text_data(cfg.data)
     tokenizer, teacher_tokenizer = tokenizer_for(cfg.student), tokenizer_for(cfg.teacher.model)
-    data = with_transfer_copies(data, cfg.data.transfer_augment, getattr(teacher_tokenizer, "mask_token", None))
     attentions = ever_nonzero(cfg.loss.attention_weight)
     torch.manual_seed(cfg.seed)
     model = student if student is not None else _model(cfg.student, data, tokenizer, attentions)

@@ -204,48 +204,6 @@ def build_text_data(cfg) -> TextSplits:
     return splits
 
 
-# ---------------------------------------------------------------- transfer-set augmentation
-def perturbed_copy(words: list[str], rng: random.Random, corpus: list[str], aug, mask_token: str | None) -> str:
-    """One perturbed copy of a text (Tang et al. 2019): each word masked or swapped for a
-    random corpus word with the given chances, then possibly cut to a single n-gram."""
-    out = []
-    for word in words:
-        r = rng.random()
-        if r < aug.mask_prob:
-            if mask_token is not None:
-                out.append(mask_token)
-        elif r < aug.mask_prob + aug.swap_prob:
-            out.append(rng.choice(corpus))
-        else:
-            out.append(word)
-    if len(out) > 1 and rng.random() < aug.ngram_prob:
-        n = rng.randint(1, min(5, len(out)))
-        start = rng.randrange(len(out) - n + 1)
-        out = out[start : start + n]
-    return " ".join(out)
-
-
-def with_transfer_copies(splits: TextSplits, aug, mask_token: str | None) -> TextSplits:
-    """``splits`` with ``aug.copies`` perturbed copies of every training text appended (same
-    labels); the same for every run with the same settings, so a memoizing teacher labels each
-    copy once. Copies that came out empty or unchanged are dropped."""
-    if aug.copies == 0:
-        return splits
-    rng = random.Random(aug.seed)
-    tokenized = [t.split() for t in splits.train.texts]
-    corpus = [w for words in tokenized for w in words]
-    texts, labels = list(splits.train.texts), splits.train.labels.tolist()
-    for words, text, label in zip(tokenized, splits.train.texts, splits.train.labels.tolist()):
-        for _ in range(aug.copies):
-            copy = perturbed_copy(words, rng, corpus, aug, mask_token)
-            if copy.strip() and copy != text:
-                texts.append(copy)
-                labels.append(label)
-    train = TextSplit(texts, torch.tensor(labels, dtype=torch.long), "train")
-    return TextSplits(train, splits.val, splits.test, splits.class_names,
-                      f"{splits.identity}:transfer={aug.model_dump_json()}")
-
-
 # ---------------------------------------------------------------- tokenization and batches
 def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     """Token ids per text, with the tokenizer's special tokens, truncated to ``max_length``."""
