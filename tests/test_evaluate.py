@@ -156,5 +156,5 @@ def test_entropy_sum_estimate_on_many_rows_is_close_and_exact_below_the_cap():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2000, 50, generator=g, dtype=torch.float64)
     exact = entropy_sum(logits, 2.0)
-    assert entropy_sum(logits[:100], 2.0, max_rows=256) == entropy_sum(logits[:100], 2.0)
-    assert abs(entropy_sum(logits, 2.0, max_rows=256) - exact) / exact < 0.02
+    assert entropy_sum(logits[:100], 2.0, max_elements=256 * 50) == entropy_sum(logits[:100], 2.0)
+    assert abs(entropy_sum(logits, 2.0, max_elements=256 * 50) - exact) / exact < 0.02

@@ -145,8 +145,9 @@ class Engine:
                 # over ranks, so scaling by the world size leaves sum / global count
                 loss.backward(torch.full_like(loss, self.dist.world_size / total))
             if isinstance(teacher_logits, torch.Tensor):  # how soft the targets are (dense logits only;
-                # estimated on at most 256 rows: a diagnostic must not add a pass over every token)
-                terms = {**terms, "teacher_entropy": entropy_sum(teacher_logits, hp["temperature"], max_rows=256)}
+                # estimated on 2**20 logits at most: a diagnostic must not add a pass over every token)
+                terms = {**terms, "teacher_entropy": entropy_sum(teacher_logits, hp["temperature"],
+                                                                 max_elements=2**20)}
             loss_value = float(loss.detach())  # one read serves the finiteness check and the log
             if first_bad is None and not math.isfinite(loss_value):
                 first_bad = (i, batch, loss, terms)

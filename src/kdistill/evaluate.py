@@ -80,12 +80,14 @@ def kl_to(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
     return (ref.exp() * (ref - F.log_softmax(logits.double(), -1))).sum(-1).mean().item()
 
 
-def entropy_sum(logits: torch.Tensor, temperature: float = 1.0, max_rows: int | None = None) -> torch.Tensor:
+def entropy_sum(logits: torch.Tensor, temperature: float = 1.0, max_elements: int | None = None) -> torch.Tensor:
     """Summed entropy (nats) of softmax(logits / T) over every row: the engine logs the teacher's
-    soft-target entropy with it (how soft the targets the student sees are). With ``max_rows``,
-    a larger input is estimated from that many evenly spaced rows (scaled to the full count), so
-    a diagnostic never costs another pass over every token's vocabulary."""
+    soft-target entropy with it (how soft the targets the student sees are). With
+    ``max_elements``, a larger input is estimated from evenly spaced rows holding at most that
+    many logits (scaled to the full count), so a diagnostic never costs another pass over every
+    token's vocabulary (at 49k classes, 2**20 elements are 21 rows)."""
     rows = logits.detach().reshape(-1, logits.shape[-1])
+    max_rows = None if max_elements is None else max(1, max_elements // rows.shape[-1])
     scale = 1.0
     if max_rows is not None and rows.shape[0] > max_rows:
         scale = rows.shape[0] / max_rows
