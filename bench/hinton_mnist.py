@@ -48,13 +48,17 @@ PAPER = {"teacher": 67, "scratch": 146, "distilled": 74}
 RESULT = "result.json"
 
 
-def load_configs(quick: bool, teacher: str = "mlp") -> dict[str, RunConfig]:
+def load_configs(quick: bool, teacher: str = "mlp", student_epochs: int | None = None) -> dict[str, RunConfig]:
     """The three YAML recipes; ``--quick`` shrinks data and epochs but keeps every setting.
-    ``teacher="ccexam"`` swaps in the bundled pretrained CNN teacher (no teacher training)."""
+    ``teacher="ccexam"`` swaps in the bundled pretrained CNN teacher (no teacher training);
+    ``student_epochs`` trains both students longer or shorter (always the same for both)."""
     cfgs = {role: RunConfig.from_yaml(path) for role, path in CONFIGS.items()}
     if teacher == "ccexam":
         cfgs["distilled"] = RunConfig.from_yaml(ROOT / "configs" / "hinton_distilled_ccexam.yaml")
         cfgs["teacher"] = cfgs["distilled"].model_copy(deep=True)
+    if student_epochs:
+        for role in ("scratch", "distilled"):
+            cfgs[role].train.epochs = student_epochs
     for cfg in cfgs.values():
         cfg.train.progress = False
         if quick:
@@ -147,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", choices=["mlp", "ccexam"], default="mlp",
                    help="mlp: the paper's 1200-1200 dropout teacher, trained here (the main table); "
                         "ccexam: the bundled pretrained CNN (a variant, not the paper's teacher)")
+    p.add_argument("--student-epochs", type=int, default=None,
+                   help="epochs of both students (default: the configs'); use another --out, with the "
+                        "teacher's run folder copied in, to keep both tables")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/hinton-bench[-quick])")
     p.add_argument("--json", type=Path, default=None, help="results file (default bench/results/hinton_mnist[_quick].json)")
     args = p.parse_args(argv)
@@ -157,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.json or ROOT / "bench" / "results" / f"hinton_mnist{suffix.replace('-', '_')}.json"
     seeds = [int(s) for s in args.seeds.split(",")]
     roles = set(args.roles.split(","))
-    cfgs = load_configs(args.quick, args.teacher)
+    cfgs = load_configs(args.quick, args.teacher, args.student_epochs)
     info = machine()
     t_start = time.perf_counter()
 
