@@ -100,3 +100,40 @@ def test_token_level_distill_and_eval_from_config(tmp_path):
     assert summary["teacher"]["vocab_size"] == 50  # teacher's 56 rows sliced to the shared 50
     logged = [json.loads(x) for x in (tmp_path / "run" / "distilled" / "metrics.jsonl").read_text().splitlines()]
     assert "soft" in logged[0] and "hard" in logged[0] and logged[0]["temperature"] == 2.0
+
+
+def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    """torchrun (--nproc 2, gloo) with 4 blocks per rank ends with the weights of one process with
+    8: each rank trains on its share of the blocks, the loss is normalised by the global token
+    count, and rank 0 alone writes the model."""
+    from safetensors.torch import load_file
+    from scale_helpers import cli, torch_threads
+
+    from kdistill import runs
+    from kdistill.data.lm_text import build_lm_data
+    from kdistill.lm_runs import tokenizer_for
+
+    text = tmp_path / "text.txt"
+    g = torch.Generator().manual_seed(1)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
+    paths = {}
+    for name, batch in (("one", 8), ("two", 4)):
+        (tmp_path / name).mkdir()
+        paths[name] = _cfg(tmp_path / name, {"dataset": "text_files", "path": str(text), "seq_len": 16,
+                                             "batch_size": batch, "max_train_tokens": 512, "max_eval_tokens": 64},
+                           loss={"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5},
+                           optim={"name": "sgd", "lr": 0.05, "momentum": 0.9},
+                           train={"epochs": 1, "progress": False, "deterministic": False,
+                                  "output_dir": str(tmp_path / name / "run")})
+    one = RunConfig.from_yaml(paths["one"])
+    assert len(build_lm_data(one.data, tokenizer_for(one)).train) % 8 == 0  # no rank pads a block
+    proc = cli("distill", str(paths["two"]), "--nproc", "2")
+    with torch_threads(1):
+        runs.distill(one)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    reference = load_file(str(tmp_path / "one" / "run" / "distilled" / "model" / "model.safetensors"))
+    parallel = load_file(str(tmp_path / "two" / "run" / "distilled" / "model" / "model.safetensors"))
+    assert reference.keys() == parallel.keys()
+    for name, w in reference.items():
+        torch.testing.assert_close(parallel[name], w, rtol=1e-5, atol=1e-6)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
+from kdistill import distributed
 from kdistill.checkpoint import atomic_write_text
 from kdistill.config import RunConfig
 from kdistill.data.lm_text import LMBatches, LMSplits, build_lm_data
@@ -88,11 +89,22 @@ def run(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module, to
         reference=None) -> LMRunResult:
     """Train ``student`` (with ``teacher`` soft targets, or none: cross-entropy only) through the
     engine and save it with save_pretrained under ``out_dir/model``."""
-    out_dir = Path(out_dir)
+    with distributed.session(cfg.train.device) as ctx:  # joins torchrun's process group, if any
+        return _run_here(cfg, teacher, student, tokenizer, data, vocab_size, Path(out_dir), resume,
+                         reference, ctx)
+
+
+def _run_here(cfg: RunConfig, teacher: TeacherSource | None, student: nn.Module, tokenizer,
+              data: LMSplits, vocab_size: int, out_dir: Path, resume: bool, reference,
+              ctx: distributed.Context) -> LMRunResult:
+    """One run in this process; under torchrun each rank trains on its share of the blocks (the
+    engine normalises by the global token count) and rank 0 alone writes files."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+    if ctx.is_main:
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
     d = cfg.data
-    train_batches = LMBatches(data.train, d.batch_size, shuffle=True, seed=cfg.seed)
+    train_batches = LMBatches(data.train, d.batch_size, shuffle=True, seed=cfg.seed,
+                              rank=ctx.rank, world_size=ctx.world_size)
     if teacher is not None and cfg.loss.on_policy_fraction > 0:
         from kdistill.generation import OnPolicyBatches
 
@@ -107,6 +119,8 @@ def run(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Module, to
     engine = Engine(cfg, student, make_task(cfg, vocab_size, reference), train_batches, val_batches,
                     teacher=teacher, out_dir=out_dir)
     history = engine.fit(resume=resume)
+    if not ctx.is_main:
+        return LMRunResult(out_dir, student, history, data)
     save_hf(student, tokenizer, out_dir / MODEL_DIR)
     summary = {"name": cfg.name, "mode": "distill" if teacher else "train", "task": "causal_lm",
                "parameters": count_parameters(student), "epochs": history,

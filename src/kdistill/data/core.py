@@ -87,6 +87,16 @@ def random_affine(images: torch.Tensor, max_shift: int, degrees: float, scale: f
     return F.grid_sample(flat, grid, align_corners=False).reshape(images.shape)
 
 
+def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
+    """Rank ``rank``'s every-``world_size``-th sample of an epoch's order, padded by wrapping
+    around so every rank takes the same number of samples (as DistributedSampler does)."""
+    if world_size == 1:
+        return order
+    n = len(order)
+    padded = -(-n // world_size) * world_size
+    return order.repeat(-(-padded // n))[:padded][rank::world_size]
+
+
 class Batches:
     """Iterates a split in (optionally shuffled) batches by tensor slicing.
 
@@ -132,10 +142,7 @@ class Batches:
         else:
             gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
             order = torch.randperm(n, generator=gen)
-        if self.world_size > 1:
-            padded = -(-n // self.world_size) * self.world_size
-            order = order.repeat(-(-padded // n))[:padded][self.rank :: self.world_size]
-        return order
+        return rank_share(order, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()
