@@ -7,7 +7,7 @@ if absent, Python's documentation. Every student trains through the same Engine 
 number of target tokens:
 
 - scratch: cross-entropy on the text;
-- forward_kl / reverse_kl / jsd (beta 0.5): the divergence to the teacher's full distribution
+- forward_kl / reverse_kl / jsd (``--jsd-beta``, 0.5): the divergence to the teacher's full distribution
   (dense teacher logits computed once over the training blocks and cached in fp16), weight 1,
   plus cross-entropy on the text at ``--hard-weight`` (0.5; without it the mode-seeking
   divergences collapse onto tokens the teacher barely supports at these budgets);
@@ -68,7 +68,7 @@ def config(out: Path, dataset: str, divergence: str, seed: int, args, precision:
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER, "precision": precision},
         "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": args.hard_weight, "divergence": divergence,
-                 "jsd_beta": 0.5},
+                 "jsd_beta": args.jsd_beta},
         "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10, "warmup_start": 3e-4},
                   "weight_decay": 0.0, "max_grad_norm": 1.0},
         "train": {"epochs": args.epochs, "output_dir": str(out), "progress": False, "deterministic": False,
@@ -157,6 +157,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--train-tokens", type=int, default=None)
     ap.add_argument("--eval-tokens", type=int, default=1024)
+    ap.add_argument("--jsd-beta", type=float, default=0.5, help="GKD's beta of the jsd variant")
     ap.add_argument("--hard-weight", type=float, default=0.5,
                     help="cross-entropy weight beside the divergence (soft weight 1) in token-level variants")
     ap.add_argument("--speed-repeats", type=int, default=None)

@@ -104,7 +104,7 @@ def interleaved_latency(models: dict, rounds: int = 5, repeats: int = 10) -> dic
     times = {name: [] for name in models}
     for _ in range(rounds):
         for name, (model, sample) in models.items():
-            times[name].append(latency_ms(model, sample, repeats))
+            times[name].append(latency_ms(model, sample, repeats)[0])  # the median
     return {name: statistics.median(t) for name, t in times.items()}
 
 

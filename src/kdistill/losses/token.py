@@ -226,35 +226,42 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
     if spec.divergence:
         log_q = F.log_softmax(logits if t == 1.0 else logits / t, dim=-1)
         q = log_q.exp()
+    q1 = None  # the student's probabilities at T = 1, for the cross-entropy gradient
     if spec.cross_entropy:  # first: the divergence below overwrites buffers in place
         shared = log_q is not None and t == 1.0
         log_q1 = log_q if shared else F.log_softmax(logits, dim=-1)
         ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
-        grad = q.mul(hard_weight) if shared else log_q1.exp_().mul_(hard_weight)
-        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard_weight))
+        q1 = q if shared else log_q1.exp_()
     if spec.divergence:
-        kind, beta = spec.kind, spec.beta
+        kind, beta, scale = spec.kind, spec.beta, soft_weight * t
         if kind == "jsd" and beta in (0.0, 1.0):
             kind = "forward_kl" if beta == 0.0 else "reverse_kl"
         tl = teacher.to(logits.dtype)
         log_p = F.log_softmax(tl if t == 1.0 else tl / t, dim=-1)
-        if kind == "forward_kl":
+        if kind == "forward_kl":  # scale * (Q - P), written over P; with a shared Q the CE term too
             p = log_p.exp()
             div = _row_dot(p, log_p.sub_(log_q))
-            g_s = p.neg_().add_(q)
-        elif kind == "reverse_kl":
-            g = log_p.neg_().add_(log_q)
-            div = _row_dot(q, g)
-            g_s = g.sub_(div[:, None]).mul_(q)
-        else:  # jsd, 0 < beta < 1: each KL to the mixture as a sum of non-negative-mean terms
-            p = log_p.exp()
-            log_m = p.mul(beta).add_(q, alpha=1.0 - beta).clamp_min_(torch.finfo(q.dtype).tiny).log_()
-            g = log_q.sub_(log_m).mul_(1.0 - beta)
-            q_g = _row_dot(q, g)
-            div = beta * _row_dot(p, log_p.sub_(log_m)) + q_g
-            g_s = g.sub_(q_g[:, None]).mul_(q)
-        grad = g_s.mul_(soft_weight * t) if grad is None else grad.add_(g_s, alpha=soft_weight * t)
+            folded = q1 is q
+            grad = p.mul_(-scale).add_(q, alpha=scale + (hard_weight if folded else 0.0))
+            if folded:
+                q1 = None
+        else:
+            if kind == "reverse_kl":
+                g = torch.sub(log_q, log_p, out=log_p)
+                div = _row_dot(q, g)
+                centre = div
+            else:  # jsd, 0 < beta < 1: each KL to the mixture as a sum of non-negative-mean terms
+                p = log_p.exp()
+                log_m = p.mul(beta).add_(q, alpha=1.0 - beta).clamp_min_(torch.finfo(q.dtype).tiny).log_()
+                g = log_q.sub_(log_m).mul_(1.0 - beta)
+                centre = _row_dot(q, g)
+                div = beta * _row_dot(p, log_p.sub_(log_m)) + centre
+            grad = g.sub_(centre[:, None]).mul_(q).mul_(scale)
         div = div * t**2
+    if q1 is not None:
+        grad = q1.mul_(hard_weight) if grad is None else grad.add_(q1, alpha=hard_weight)
+    if spec.cross_entropy:
+        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard_weight))
     return div, ce, (torch.zeros_like(logits) if grad is None else grad)
 
 
