@@ -250,12 +250,14 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
                 g = torch.sub(log_q, log_p, out=log_p)
                 div = _row_dot(q, g)
                 centre = div
-            else:  # jsd, 0 < beta < 1: each KL to the mixture as a sum of non-negative-mean terms
+            else:  # jsd, 0 < beta < 1, through M' = M / (1 - beta) = Q + beta / (1 - beta) P
                 p = log_p.exp()
-                log_m = p.mul(beta).add_(q, alpha=1.0 - beta).clamp_min_(torch.finfo(q.dtype).tiny).log_()
-                g = log_q.sub_(log_m).mul_(1.0 - beta)
+                log_m = torch.add(q, p, alpha=beta / (1.0 - beta)).clamp_min_(torch.finfo(q.dtype).tiny).log_()
+                g = log_q.sub_(log_m)  # log(Q / M) + log(1 - beta): constants cancel in the gradient
                 centre = _row_dot(q, g)
-                div = beta * _row_dot(p, log_p.sub_(log_m)) + centre
+                div = (beta * _row_dot(p, log_p.sub_(log_m)) + (1.0 - beta) * centre
+                       - math.log1p(-beta))  # beta KL(P || M) + (1 - beta) KL(Q || M)
+                scale *= 1.0 - beta
             grad = g.sub_(centre[:, None]).mul_(q).mul_(scale)
         div = div * t**2
     if q1 is not None:
