@@ -342,12 +342,19 @@ def _add_chunk_grads(got: list, needs: tuple[bool, bool, bool], grad_h, grad_w, 
         grad_b += g
 
 
-def _chunk_size(chunk_size: int | None, hidden: torch.Tensor, weight: torch.Tensor | None) -> int:
+def _checked(hidden, teacher, labels, spec: TokenLossSpec, weight, chunk_size: int | None):
+    """The chunked losses' input checks; returns the detached teacher and the chunk size."""
+    if hidden.dim() != 2:
+        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
+    if spec.divergence and teacher is None:
+        raise ValueError("a divergence was requested but no teacher outputs were given")
+    if spec.cross_entropy and labels is None:
+        raise ValueError("cross-entropy was requested but no labels were given")
     if chunk_size is None:
-        return default_chunk_tokens(hidden.shape[1] if weight is None else weight.shape[0], hidden.device)
-    if chunk_size <= 0:
+        chunk_size = default_chunk_tokens(hidden.shape[1] if weight is None else weight.shape[0], hidden.device)
+    elif chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
-    return chunk_size
+    return (None if teacher is None else teacher.detach()), chunk_size
 
 
 def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
@@ -362,15 +369,7 @@ def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, lab
     (N, k) the teacher's top-k log-probabilities. Same values and gradients as computing all
     tokens at once (tested); select the tokens that count *before* calling this.
     """
-    if hidden.dim() != 2:
-        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
-    if spec.divergence and teacher is None:
-        raise ValueError("a divergence was requested but no teacher outputs were given")
-    if spec.cross_entropy and labels is None:
-        raise ValueError("cross-entropy was requested but no labels were given")
-    chunk_size = _chunk_size(chunk_size, hidden, weight)
-    if teacher is not None:
-        teacher = teacher.detach()
+    teacher, chunk_size = _checked(hidden, teacher, labels, spec, weight, chunk_size)
     return _ChunkedTokenLoss.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
                                    chunk_size)
 
@@ -456,14 +455,6 @@ def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, la
     forward pass, so each chunk's logits are computed once: the loss costs what the unchunked loss
     costs while its memory stays bounded by one chunk. Only the total is differentiable.
     """
-    if hidden.dim() != 2:
-        raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
-    if spec.divergence and teacher is None:
-        raise ValueError("a divergence was requested but no teacher outputs were given")
-    if spec.cross_entropy and labels is None:
-        raise ValueError("cross-entropy was requested but no labels were given")
-    chunk_size = _chunk_size(chunk_size, hidden, weight)
-    if teacher is not None:
-        teacher = teacher.detach()
+    teacher, chunk_size = _checked(hidden, teacher, labels, spec, weight, chunk_size)
     return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
                                      chunk_size, float(soft_weight), float(hard_weight))
