@@ -104,7 +104,10 @@ def test_topk_cache_teacher_rows_follow_batch_index():
     b = next(iter(LMBatches(blocks, 3, shuffle=True, seed=4)))
     got = cache.logits(b)
     dense = torch.log_softmax(live.logits(b), -1)
-    torch.testing.assert_close(got.log_probs, dense.gather(-1, got.indices), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.values, dense.gather(-1, got.indices), rtol=1e-5, atol=1e-6)
+    assert got.shape == (len(got.values), 50)  # the classification TopKLogits type, full vocabulary
+    small = TopKCacheTeacher(live, blocks, k=5, batch_size=2).logits(b)  # the tail keeps the rest
+    torch.testing.assert_close(small.log_tail.exp(), 1 - small.values.exp().sum(-1), rtol=1e-4, atol=1e-6)
     task = CausalLMTask(50)
     student = tiny_llama(seed=0)
     hp = {**HP, "temperature": 1.0}

@@ -113,15 +113,6 @@ def total_variation(student_logits, teacher_logits, temperature: float = 1.0) ->
 
 
 # ---------------------------------------------------------------- compressed (top-k) teachers
-@dataclass
-class TopKTargets:
-    """A teacher's full-softmax log-probabilities at its top-k tokens, (N, k) each (the tail
-    mass is what they leave: never renormalised)."""
-
-    indices: torch.Tensor
-    log_probs: torch.Tensor
-
-
 def topk_bucket_log_probs(student_logits: torch.Tensor, teacher_indices: torch.Tensor,
                           teacher_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Both distributions coarse-grained to (the teacher's top-k tokens, everything else).

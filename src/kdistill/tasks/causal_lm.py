@@ -18,8 +18,8 @@ from torch import nn
 
 from kdistill.data.lm_text import IGNORE
 from kdistill.errors import TrainingError
-from kdistill.losses.token import (TokenLossSpec, TopKTargets, chunked_weighted_loss, default_chunk_tokens,
-                                   token_divergence)
+from kdistill.losses.token import TokenLossSpec, chunked_weighted_loss, default_chunk_tokens, token_divergence
+from kdistill.losses.topk import TopKLogits
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import to_logits
 
@@ -93,7 +93,7 @@ class CausalLMTask(Task):
         return int(target_mask(batch).sum())
 
     def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
-        topk = isinstance(teacher_out, TopKTargets)
+        topk = isinstance(teacher_out, TopKLogits)
         rows = teacher_out.indices.shape[0] if topk else teacher_out.shape[0]
         if rows != student_out.shape[0]:
             raise TrainingError(f"the teacher scored {rows} target tokens and the student "
@@ -107,11 +107,11 @@ class CausalLMTask(Task):
                              skew=self.skew, divergence=teacher_out is not None and hp["soft_weight"] != 0,
                              cross_entropy=hp["hard_weight"] != 0)
         teacher, indices = teacher_out, None
-        if isinstance(teacher_out, TopKTargets):  # a compressed teacher
+        if isinstance(teacher_out, TopKLogits):  # a compressed teacher
             if hp["temperature"] != 1.0:
                 raise TrainingError("a top-k teacher cache holds temperature-1 probabilities: set "
                                     "loss.temperature: 1 or use a live teacher")
-            teacher, indices = teacher_out.log_probs, teacher_out.indices
+            teacher, indices = teacher_out.values, teacher_out.indices
         labels = shifted_targets(batch).to(self.device)
         weight = bias = None
         if self._head is not None:

@@ -3,10 +3,12 @@ in-memory cache (top-k with the tail mass kept, or dense fp16) built once over a
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from kdistill.losses.token import TopKTargets
+from kdistill.losses.topk import TopKLogits
 from kdistill.tasks.causal_lm import selected_logits
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.live import weights_hash
@@ -54,6 +56,7 @@ class TopKCacheTeacher(TeacherSource):
         else:
             self.indices = torch.empty(total, k, dtype=torch.int32)
             self.log_probs = torch.empty(total, k, dtype=torch.float32)
+            self.log_tail = torch.empty(total, dtype=torch.float32)
         for batch in LMBatches(blocks, batch_size):
             logits = teacher.logits(batch).float()
             start = int(self.offsets[batch["index"][0]])
@@ -61,11 +64,13 @@ class TopKCacheTeacher(TeacherSource):
             if k is None:
                 self.dense[rows] = logits.cpu().to(torch.float16)
                 continue
-            top = torch.log_softmax(logits, -1).topk(k, -1)
+            log_p = torch.log_softmax(logits, -1)
+            top = log_p.topk(k, -1)
             self.indices[rows] = top.indices.to(torch.int32).cpu()
             self.log_probs[rows] = top.values.cpu()
+            self.log_tail[rows] = log_p.scatter_(-1, top.indices, -math.inf).logsumexp(-1).cpu()
 
-    def logits(self, batch: dict) -> torch.Tensor | TopKTargets:
+    def logits(self, batch: dict) -> torch.Tensor | TopKLogits:
         rows = torch.cat([torch.arange(int(self.offsets[i]), int(self.offsets[i + 1]))
                           for i in batch["index"].tolist()])
         expected = int((batch["labels"][:, 1:] != -100).sum())
@@ -74,7 +79,7 @@ class TopKCacheTeacher(TeacherSource):
                              f"but the batch has {expected}: the cache belongs to other data")
         if self.k is None:
             return self.dense[rows].float()
-        return TopKTargets(self.indices[rows].long(), self.log_probs[rows])
+        return TopKLogits(self.log_probs[rows], self.indices[rows].long(), self.log_tail[rows], self.num_outputs)
 
     def describe(self) -> dict:
         return {"kind": "causal_lm_cache", "k": self.k, "teacher": self.source}
