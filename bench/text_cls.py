@@ -50,20 +50,22 @@ VARIANTS = {  # loss settings; None: the scratch baseline (random initialisation
     "distilled-logits+hidden": {"soft_weight": 0.5, "hard_weight": 0.5, "hidden_weight": 1.0},
 }
 DISTILLED = ("distilled-logits", "distilled-logits+hidden")
+UNLABELED_FIELDS = {"unlabeled_path", "unlabeled_from_train", "limit_unlabeled"}
 
 
 def settings(quick: bool) -> dict:
     if quick:
-        return dict(limit_train=300, limit_eval=200, teacher_epochs=1, student_epochs=2, seeds=[0, 1])
+        return dict(limit_train=300, limit_eval=200, unlabeled=0, teacher_epochs=1, student_epochs=2, seeds=[0, 1])
     # ~15 CPU-minutes on one thread; 5 student epochs: 3 left the distilled student 0.5 points short
-    return dict(limit_train=2000, limit_eval=1000, teacher_epochs=1, student_epochs=5, seeds=[0, 1, 2])
+    return dict(limit_train=2000, limit_eval=1000, unlabeled=0, teacher_epochs=1, student_epochs=5, seeds=[0, 1, 2])
 
 
 def base_config(s: dict, out: Path) -> dict:
     return {
         "name": "bench-text-cls", "task": "text_classification",
         "data": {"dataset": "rotten_tomatoes", "max_length": 64, "batch_size": 32, "eval_batch_size": 128,
-                 "limit_train": s["limit_train"], "limit_eval": s["limit_eval"], "split_seed": 0},
+                 "limit_train": s["limit_train"], "limit_eval": s["limit_eval"], "split_seed": 0,
+                 "unlabeled_from_train": bool(s["unlabeled"]), "limit_unlabeled": s["unlabeled"] or None},
         "teacher": {"kind": "live", "model": TEACHER, "memoize": True, "epochs": s["teacher_epochs"],
                     "optim": {"name": "adamw", "weight_decay": 0.01, "max_grad_norm": 1.0,
                               "lr": {"kind": "linear", "start": 3e-4, "end": 3e-6, "warmup_steps": 10}}},
@@ -89,7 +91,9 @@ def ensure_teacher(cfg: RunConfig, data) -> tuple[torch.nn.Module, float, bool]:
     """The fine-tuned teacher, trained once per configuration and then read from the run folder."""
     weights = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
     key_file = role_dir(cfg, "teacher") / "bench_key.json"
-    key = {"data": cfg.data.model_dump(mode="json"), "teacher": cfg.teacher.model_dump(mode="json"),
+    # the teacher never reads the unlabelled texts: they are not part of its key
+    key = {"data": cfg.data.model_dump(mode="json", exclude=UNLABELED_FIELDS),
+           "teacher": cfg.teacher.model_dump(mode="json"),
            "seed": cfg.seed}
     cached = weights.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key
     t0 = time.perf_counter()
@@ -117,6 +121,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small subset, same code path (~1-2 min)")
     ap.add_argument("--out", type=Path, default=None, help="run folder (the teacher is cached there)")
     ap.add_argument("--limit-train", type=int, default=None, help="training texts (default 2000; quick 300)")
+    ap.add_argument("--unlabeled", type=int, default=None,
+                    help="distil also on this many of the remaining training texts, labels dropped")
     ap.add_argument("--json", type=Path, default=None, help="results file (default bench/results/text_cls.json)")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1 is much faster than 2 on a shared, oversubscribed CPU)")
@@ -126,6 +132,8 @@ def main() -> None:
     s = settings(args.quick)
     if args.limit_train:
         s["limit_train"] = args.limit_train
+    if args.unlabeled is not None:
+        s["unlabeled"] = args.unlabeled
     out = args.out or ROOT.parent / "runs" / ("bench-text-quick" if args.quick else "bench-text")
     started = time.perf_counter()
     base = base_config(s, out)

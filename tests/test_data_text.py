@@ -8,7 +8,7 @@ import torch
 from text_helpers import toy_rows, write_csv, write_vocab
 
 from kdistill.config import TextDataConfig
-from kdistill.data.text import TextBatches, build_text_data, encode
+from kdistill.data.text import UNLABELED, TextBatches, build_text_data, encode
 from kdistill.errors import DataError
 from kdistill.models.text import load_tokenizer
 
@@ -116,3 +116,48 @@ def test_numeric_labels_keep_numeric_order(tmp_path):
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     data = build_text_data(TextDataConfig(dataset="jsonl", path=str(tmp_path / "d.jsonl")))
     assert data.class_names == ["2", "10"]
+
+
+def test_unlabeled_texts_from_the_rest_of_train_and_from_a_file(tmp_path):
+    write_csv(tmp_path / "d.csv", toy_rows(100))
+    extra = [{"text": f"good film number {i}"} for i in range(7)]
+    (tmp_path / "extra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    full = build_text_data(TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv")))
+    cfg = TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv"), limit_train=30, unlabeled_from_train=True)
+    data = build_text_data(cfg)
+    assert data.train.texts == full.train.texts[:30]
+    assert data.unlabeled.texts == full.train.texts[30:]
+    assert (data.unlabeled.labels == UNLABELED).all()
+    both = build_text_data(cfg.model_copy(update={"unlabeled_path": str(tmp_path / "extra.jsonl"),
+                                                  "limit_unlabeled": 55}))
+    assert len(both.unlabeled) == 55 and both.unlabeled.texts[50] == "good film number 0" and both.identity != data.identity
+    transfer = both.transfer_set()
+    assert transfer.texts == both.train.texts + both.unlabeled.texts
+    assert torch.equal(transfer.labels[:30], both.train.labels)
+    # a file alone; its own label column, if any, is ignored
+    write_csv(tmp_path / "u.csv", toy_rows(5, seed=2))
+    only_file = build_text_data(TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
+                                               unlabeled_path=str(tmp_path / "u.csv")))
+    assert len(only_file.unlabeled) == 5 and (only_file.unlabeled.labels == UNLABELED).all()
+    encode(only_file, load_tokenizer(str(write_vocab(tmp_path))), max_length=16)
+    assert len(only_file.unlabeled.ids) == 5
+
+
+@pytest.mark.parametrize("write, change, message", [
+    (lambda p: p.write_text("{\"review\": \"fine\"}\n"), {}, r"no column 'text' \(data.text_column\).*review"),
+    (lambda p: p.write_text("{\"text\": \"fine\"}\n{\"text\": \" \"}\n"), {}, "row 1 has an empty text"),
+    (lambda p: None, {}, "does not exist"),
+    (lambda p: p.write_text("x"), {"unlabeled_path": "extra.txt"}, "must be a .csv or .jsonl"),
+])
+def test_unlabeled_file_errors_name_the_field(tmp_path, write, change, message):
+    write_csv(tmp_path / "d.csv", toy_rows(10))
+    write(tmp_path / "extra.jsonl")
+    unlabeled = str(tmp_path / change.get("unlabeled_path", "extra.jsonl"))
+    (tmp_path / "extra.txt").write_text("x")
+    with pytest.raises(DataError, match=r"data.unlabeled_path.*" + message):
+        build_text_data(TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv"), unlabeled_path=unlabeled))
+
+
+def test_unlabeled_from_train_needs_limit_train():
+    with pytest.raises(ValueError, match="set data.limit_train"):
+        TextDataConfig(dataset="rotten_tomatoes", unlabeled_from_train=True)

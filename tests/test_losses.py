@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from kdistill.losses import hard_cross_entropy, kd_objective, soft_target_kl
+from kdistill.data.text import UNLABELED
 
 
 def reference_soft_kl(s, t, T):
@@ -93,3 +94,15 @@ def test_shape_mismatch_and_bad_temperature_are_clear_errors():
         soft_target_kl(torch.randn(2, 3), torch.randn(2, 3), 0.0)
     with pytest.raises(ValueError, match="no teacher logits"):
         kd_objective(torch.randn(2, 3), None, torch.tensor([0, 1]), temperature=1, soft_weight=1, hard_weight=0)
+
+
+def test_unlabeled_samples_add_soft_targets_but_no_hard_term():
+    torch.manual_seed(0)
+    s, t = torch.randn(6, 4, dtype=torch.float64), torch.randn(6, 4, dtype=torch.float64)
+    labels = torch.tensor([1, UNLABELED, 3, UNLABELED, 0, 2])
+    total, terms = kd_objective(s, t, labels, temperature=2.0, soft_weight=0.7, hard_weight=0.3, reduction="sum")
+    known = labels != UNLABELED
+    expected_hard = -torch.log_softmax(s[known], -1).gather(1, labels[known, None]).sum()
+    torch.testing.assert_close(terms["hard"], expected_hard)
+    torch.testing.assert_close(terms["soft"], soft_target_kl(s, t, 2.0, "sum"))
+    torch.testing.assert_close(total, 0.7 * terms["soft"] + 0.3 * expected_hard)

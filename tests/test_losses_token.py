@@ -256,3 +256,25 @@ def test_default_chunk_keeps_cpu_logits_within_24_mib():
     assert default_chunk_tokens(49_152) == 128
     assert default_chunk_tokens(50) == 1024  # tiny vocabularies: bounded by tokens
     assert default_chunk_tokens(49_152, "cuda") == 512
+
+
+@pytest.mark.parametrize("kind,temperature", [("forward_kl", 1.0), ("reverse_kl", 2.0), ("jsd", 1.0), ("jsd", 0.5)])
+@pytest.mark.parametrize("soft_weight,hard_weight", [(0.0, 0.4), (0.6, 0.0), (0.0, 0.0), (1.3, 2.0)])
+def test_closed_form_gradients_with_a_zero_weight_and_a_bias(kind, temperature, soft_weight, hard_weight):
+    from kdistill.losses.token import chunked_weighted_loss
+
+    g = torch.Generator().manual_seed(7)
+    n, h, v = 6, 3, 5
+    teacher = torch.randn(n, v, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, v, (n,), generator=g)
+    leaves = [torch.randn(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+              for shape in ((n, h), (v, h), (v,))]
+    spec = TokenLossSpec(kind=kind, temperature=temperature, beta=0.3)
+    total, _, _ = chunked_weighted_loss(leaves[0], teacher, labels, spec, soft_weight=soft_weight,
+                                        hard_weight=hard_weight, weight=leaves[1], bias=leaves[2], chunk_size=4)
+    ref_div, ref_ce = _unchunked(leaves[0], leaves[1], leaves[2], teacher, labels, spec)
+    want = soft_weight * ref_div.sum() + hard_weight * ref_ce.sum()
+    torch.testing.assert_close(total, want)
+    if soft_weight or hard_weight:
+        for a, b in zip(torch.autograd.grad(total, leaves), torch.autograd.grad(want, leaves)):
+            torch.testing.assert_close(a, b)

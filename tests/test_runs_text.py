@@ -100,3 +100,22 @@ def test_token_level_terms_need_the_teachers_tokenizer(tmp_path):
     logits_only = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"hidden_weight": 0.0}),
                                          "train": cfg.train.model_copy(update={"epochs": 1})})
     assert runs.distill(logits_only).history[-1]["epoch"] == 1
+
+
+def test_unlabeled_texts_join_distillation_only(tmp_path):
+    raw = text_config(tmp_path, n=100, epochs=1)
+    raw["data"].update(limit_train=32, unlabeled_from_train=True)  # 80 training texts: 32 + 48
+    cfg = RunConfig.parse(raw)
+    runs.train(cfg, role="teacher")
+    runs.train(cfg, role="scratch")
+    runs.distill(cfg)
+    labels_only = cfg.model_copy(update={"loss": cfg.loss.model_copy(update={"soft_weight": 0.0, "hard_weight": 1.0})})
+    runs.distill(labels_only, out_dir=tmp_path / "labels-only")
+    steps = {}
+    for role, folder in (("teacher", "run/teacher"), ("scratch", "run/scratch"), ("distilled", "run/distilled"),
+                         ("labels-only", "labels-only")):
+        log = (tmp_path / folder / "metrics.jsonl").read_text().splitlines()
+        steps[role] = sum(1 for line in log if '"step"' in line and '"eval"' not in line)
+    assert steps == {"teacher": 2, "scratch": 2, "distilled": 5, "labels-only": 2}  # batches of 16
+    summary = json.loads((tmp_path / "run" / "distilled" / "summary.json").read_text())
+    assert (summary["train_texts"], summary["unlabeled_texts"]) == (32, 48)

@@ -72,6 +72,20 @@ class TextDataConfig(Strict):
         50, gt=0, description="batching by length: shuffle, then sort pools of this many batches")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
     limit_eval: Optional[int] = Field(None, gt=0, description="use only the first N val and test samples")
+    unlabeled_path: Optional[str] = Field(
+        None, description="a .csv / .jsonl (.bz2) file of extra texts (text_column) without labels: "
+                          "distillation learns the teacher's soft targets on them too")
+    unlabeled_from_train: bool = Field(
+        False, description="the training texts past limit_train, labels dropped, join the transfer set "
+                           "(how much unlabelled in-domain text adds, on a labelled corpus)")
+    limit_unlabeled: Optional[int] = Field(None, gt=0, description="use only the first N unlabelled texts")
+
+    @model_validator(mode="after")
+    def _unlabeled_needs_a_cut(self):
+        if self.unlabeled_from_train and self.limit_train is None:
+            raise ValueError("data.unlabeled_from_train uses the training texts past data.limit_train: "
+                             "set data.limit_train to the number of labelled texts to keep")
+        return self
 
 
 LM_DATASETS = ("shakespeare", "python_docs", "text_files", "completions_jsonl")

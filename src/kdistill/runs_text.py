@@ -66,13 +66,18 @@ def build_teacher(cfg: RunConfig, data: TextSplits, hidden_layers=(), attention_
 
 
 def _fit(cfg: RunConfig, model: nn.Module, task: TextClassificationTask, data: TextSplits, tokenizer,
-         teacher_tokenizer, teacher: TextTeacher | None, out_dir: Path, resume: bool, notes: dict):
-    """Tokenize for this run, train with the engine, export the plain model and a summary."""
+         teacher_tokenizer, teacher: TextTeacher | None, out_dir: Path, resume: bool, notes: dict,
+         transfer: bool = False):
+    """Tokenize for this run, train with the engine, export the plain model and a summary.
+    ``transfer``: train on the labelled and the unlabelled texts (a distillation with a teacher term)."""
     d = cfg.data
     encode(data, tokenizer, d.max_length, teacher_tokenizer)
     pad_id = _pad_id(tokenizer)
     teacher_pad = _pad_id(teacher_tokenizer) if teacher_tokenizer is not None else 0
-    train = TextBatches(data.train, d.batch_size, shuffle=True, seed=cfg.seed,
+    train_split = data.transfer_set() if transfer else data.train
+    if data.unlabeled is not None:
+        notes = {**notes, "train_texts": len(data.train), "unlabeled_texts": len(train_split) - len(data.train)}
+    train = TextBatches(train_split, d.batch_size, shuffle=True, seed=cfg.seed,
                         pool_batches=d.length_pool_batches, pad_id=pad_id, teacher_pad_id=teacher_pad)
     val = (TextBatches(data.val, d.eval_batch_size, pad_id=pad_id, teacher_pad_id=teacher_pad)
            if data.val is not None else None)
@@ -152,8 +157,10 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
         model = WithProjections(model, projections)
     task = TextClassificationTask(data.num_classes, cfg.train.device, teacher=source, layer_terms=terms,
                                   loss_cfg=cfg.loss, projections=projections)
+    teacher_term = any(ever_nonzero(w) for w in (cfg.loss.soft_weight, cfg.loss.hidden_weight,
+                                                 cfg.loss.attention_weight))  # else unlabelled texts add nothing
     return _fit(cfg, model, task, data, tokenizer, teacher_tokenizer, source,
-                Path(out_dir or role_dir(cfg, "distilled")), resume, notes)
+                Path(out_dir or role_dir(cfg, "distilled")), resume, notes, transfer=teacher_term)
 
 
 def timing_inputs(tokenizer, text: str, max_length: int) -> dict[str, torch.Tensor]:

@@ -22,6 +22,7 @@ import torch
 from kdistill.errors import DataError
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
+UNLABELED = -100  # the label of a transfer-set text: cross-entropy's ignore_index skips it
 
 
 @dataclass
@@ -41,6 +42,11 @@ class TextSplit:
         cut = lambda xs: None if xs is None else xs[:n]
         return TextSplit(self.texts[:n], self.labels[:n], self.name, cut(self.ids), cut(self.teacher_ids))
 
+    def __add__(self, other: "TextSplit") -> "TextSplit":
+        join = lambda a, b: None if a is None or b is None else a + b
+        return TextSplit(self.texts + other.texts, torch.cat([self.labels, other.labels]), self.name,
+                         join(self.ids, other.ids), join(self.teacher_ids, other.teacher_ids))
+
 
 @dataclass
 class TextSplits:
@@ -49,13 +55,19 @@ class TextSplits:
     test: TextSplit
     class_names: list[str]
     identity: str = ""
+    unlabeled: TextSplit | None = None  # extra texts for distillation only (labels UNLABELED)
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
     def splits(self) -> list[TextSplit]:
-        return [s for s in (self.train, self.val, self.test) if s is not None]
+        return [s for s in (self.train, self.val, self.test, self.unlabeled) if s is not None]
+
+    def transfer_set(self) -> TextSplit:
+        """What a student is distilled on: the labelled training texts, then the unlabelled ones
+        (the teacher's soft targets cover both, the hard term only the labelled)."""
+        return self.train if self.unlabeled is None else self.train + self.unlabeled
 
 
 # ---------------------------------------------------------------- reading
@@ -133,6 +145,28 @@ def _labelled(rows: list[dict], cfg, source: str) -> tuple[list[str], list[str]]
     return texts, labels
 
 
+def _unlabeled_texts(cfg) -> list[str]:
+    """The texts of ``data.unlabeled_path`` (any label column is ignored), empty ones refused."""
+    path = Path(cfg.unlabeled_path)
+    kind = "jsonl" if path.name.endswith((".jsonl", ".jsonl.bz2")) else "csv" if path.name.endswith(
+        (".csv", ".csv.bz2")) else None
+    if kind is None:
+        raise DataError(f"data.unlabeled_path {path} must be a .csv or .jsonl file (optionally .bz2)")
+    if not path.is_file():
+        raise DataError(f"data.unlabeled_path {path} does not exist")
+    rows = _rows_csv(path) if kind == "csv" else _rows_jsonl(path)
+    if not rows:
+        raise DataError(f"data.unlabeled_path {path} holds no rows")
+    if cfg.text_column not in rows[0]:
+        raise DataError(f"data.unlabeled_path {path} has no column {cfg.text_column!r} (data.text_column); "
+                        f"its columns are {', '.join(map(str, rows[0]))}")
+    texts = [str(row.get(cfg.text_column) or "") for row in rows]
+    for n, text in enumerate(texts):
+        if not text.strip():
+            raise DataError(f"data.unlabeled_path {path} row {n} has an empty text: drop or fill that row")
+    return texts
+
+
 def _split_off(texts: list[str], labels: list[str], fraction: float, seed: int):
     """A fixed, seeded random split: (kept, held out)."""
     order = list(range(len(texts)))
@@ -193,6 +227,12 @@ def build_text_data(cfg) -> TextSplits:
         return TextSplit(texts, labels, split)
 
     splits = TextSplits(make("train"), make("val"), make("test"), classes)
+    unlabeled = splits.train.texts[cfg.limit_train:] if cfg.unlabeled_from_train else []
+    if cfg.unlabeled_path:
+        unlabeled += _unlabeled_texts(cfg)
+    unlabeled = unlabeled[:cfg.limit_unlabeled]
+    if unlabeled:
+        splits.unlabeled = TextSplit(unlabeled, torch.full((len(unlabeled),), UNLABELED), "unlabeled")
     if cfg.limit_train:
         splits.train = splits.train.subset(cfg.limit_train)
     if cfg.limit_eval:
@@ -200,7 +240,8 @@ def build_text_data(cfg) -> TextSplits:
         if splits.val is not None:
             splits.val = splits.val.subset(cfg.limit_eval)
     splits.identity = (f"{cfg.dataset}:{cfg.path or ''}:seed={cfg.split_seed}:train={len(splits.train)}"
-                       f":test={len(splits.test)}:classes={','.join(classes)}")
+                       f":test={len(splits.test)}:classes={','.join(classes)}"
+                       f":unlabeled={len(splits.unlabeled) if splits.unlabeled else 0}")
     return splits
 
 

@@ -56,7 +56,8 @@ def soft_target_kl(
 def hard_cross_entropy(
     student_logits: torch.Tensor, labels: torch.Tensor, reduction: Reduction = "mean"
 ) -> torch.Tensor:
-    """Cross-entropy on the true labels at temperature 1."""
+    """Cross-entropy on the true labels at temperature 1. A label of -100 (an unlabelled
+    transfer-set sample) adds nothing, so a sum over a mixed batch counts only the labelled ones."""
     return F.cross_entropy(student_logits, labels, reduction=reduction)
 
 

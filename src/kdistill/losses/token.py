@@ -196,15 +196,20 @@ CLOSED_FORM = ("forward_kl", "reverse_kl", "jsd")
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-row sum of a * b, without a V-wide temporary."""
-    return torch.einsum("nv,nv->n", a, b)
+    """Per-row sum of a * b, without a V-wide temporary. On CPU one BLAS dot per row: 4x faster
+    than einsum (which becomes a batched 1 x V by V x 1 matmul) at 128 x 49,152."""
+    if a.device.type == "cpu" and a.shape[0] <= 4096:
+        return torch.stack([torch.dot(x, y) for x, y in zip(a, b)]) if a.shape[0] else a.new_zeros(0)
+    return torch.linalg.vecdot(a, b)
 
 
 def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight: float,
                        hard_weight: float):
     """Per-token (divergence, cross-entropy) of one chunk and the gradient of
     ``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` with respect to the
-    logits, in closed form: no autograd graph, and each V-wide quantity made once.
+    logits, in closed form: no autograd graph, and each V-wide quantity made once. The gradient
+    comes as ``(g, factor)`` with gradient = factor * g: the caller scales the small matmul
+    inputs and outputs instead of paying one more pass over the vocabulary.
 
     With s = z / T and Q = softmax(s), d(T^2 D)/dz = T * dD/ds, and for D = sum_j Q_j g_j-type
     divergences dD/ds_j = Q_j (g_j - sum_k Q_k g_k) where g = dD/dQ:
@@ -223,19 +228,22 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
         log_q1 = log_q if shared else F.log_softmax(logits, dim=-1)
         ce = -log_q1.gather(-1, labels[:, None]).squeeze(-1)
         q1 = q if shared else log_q1.exp_()
+    hard = hard_weight if spec.cross_entropy else 0.0
+    factor = hard
     if spec.divergence:
         kind, beta, scale = spec.kind, spec.beta, soft_weight * t
         if kind == "jsd" and beta in (0.0, 1.0):
             kind = "forward_kl" if beta == 0.0 else "reverse_kl"
+        if kind == "jsd":
+            scale *= 1.0 - beta
         tl = teacher.to(logits.dtype)
         log_p = F.log_softmax(tl if t == 1.0 else tl / t, dim=-1)
-        if kind == "forward_kl":  # scale * (Q - P), written over P; with a shared Q the CE term too
+        folded = q1 is q and scale != 0.0  # the CE term (hard * Q) joins the divergence's buffer
+        ratio = hard / scale if folded else 0.0
+        if kind == "forward_kl":  # scale * (Q - P) + hard * Q = scale (1 + ratio) (Q - P / (1 + ratio))
             p = log_p.exp()
             div = _row_dot(p, log_p.sub_(log_q))
-            folded = q1 is q
-            grad = p.mul_(-scale).add_(q, alpha=scale + (hard_weight if folded else 0.0))
-            if folded:
-                q1 = None
+            grad, factor = torch.sub(q, p, alpha=1.0 / (1.0 + ratio), out=log_p), scale * (1.0 + ratio)
         else:
             if kind == "reverse_kl":
                 g = torch.sub(log_q, log_p, out=log_p)
@@ -248,14 +256,20 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
                 centre = _row_dot(q, g)
                 div = (beta * _row_dot(p, log_p.sub_(log_m)) + (1.0 - beta) * centre
                        - math.log1p(-beta))  # beta KL(P || M) + (1 - beta) KL(Q || M)
-                scale *= 1.0 - beta
-            grad = g.sub_(centre[:, None]).mul_(q).mul_(scale)
+            # scale Q (g - centre) + hard Q = scale Q (g - (centre - ratio))
+            grad, factor = g.sub_((centre - ratio)[:, None]).mul_(q), scale
         div = div * t**2
-    if q1 is not None:
-        grad = q1.mul_(hard_weight) if grad is None else grad.add_(q1, alpha=hard_weight)
-    if spec.cross_entropy:
-        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard_weight))
-    return div, ce, (torch.zeros_like(logits) if grad is None else grad)
+        if scale == 0.0:
+            grad, factor = None, hard
+        elif folded:
+            q1 = None
+    if q1 is not None:  # not folded: add hard * Q1 relative to the factor
+        grad = q1 if grad is None else grad.add_(q1, alpha=hard / factor)
+    if spec.cross_entropy and grad is not None and factor != 0.0:
+        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard / factor))
+    if grad is None or factor == 0.0:
+        return div, ce, torch.zeros_like(logits), 1.0
+    return div, ce, grad, factor
 
 
 class _ChunkedTokenLoss(torch.autograd.Function):
@@ -378,14 +392,14 @@ def _closed_form_chunk_grads(h, w, b, teacher, labels, spec, soft_weight, hard_w
         logits = h if w is None else F.linear(h, w, b)
         if logits.dtype not in (torch.float32, torch.float64):
             logits = logits.float()
-        d, c, g = _closed_form_chunk(logits, teacher, labels, spec, soft_weight, hard_weight)
-        got = []
+        d, c, g, factor = _closed_form_chunk(logits, teacher, labels, spec, soft_weight, hard_weight)
+        got = []  # factor * g is the logits' gradient: scale whichever side of each product is small
         if need_h:
-            got.append(g.to(h.dtype) if w is None else (g @ w.to(g.dtype)).to(h.dtype))
+            got.append((g * factor).to(h.dtype) if w is None else (g @ w.to(g.dtype)).mul_(factor).to(h.dtype))
         if need_w:
-            got.append((g.t() @ h.to(g.dtype)).to(w.dtype))
+            got.append((g.t() @ (h.to(g.dtype) * factor)).to(w.dtype))
         if need_b:
-            got.append(g.sum(0).to(b.dtype))
+            got.append(g.sum(0).mul_(factor).to(b.dtype))
     return d, c, got
 
 
