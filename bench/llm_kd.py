@@ -67,13 +67,24 @@ def config(out: Path, dataset: str, divergence: str, seed: int, args, precision:
                  "max_train_tokens": args.train_tokens, "max_eval_tokens": args.eval_tokens},
         "student": {"arch": "hf_causal_lm", "config": STUDENT},
         "teacher": {"kind": "live", "model": TEACHER, "precision": precision},
-        "loss": {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": args.hard_weight, "divergence": divergence,
+        "loss": {"temperature": 1.0, "soft_weight": jsd_weight(args) if divergence == "jsd" else 1.0,
+                 "hard_weight": args.hard_weight, "divergence": divergence,
                  "jsd_beta": args.jsd_beta},
         "optim": {"name": "adamw", "lr": {"kind": "cosine", "start": 3e-3, "end": 3e-4, "warmup_steps": 10, "warmup_start": 3e-4},
                   "weight_decay": 0.0, "max_grad_norm": 1.0},
         "train": {"epochs": args.epochs, "output_dir": str(out), "progress": False, "deterministic": False,
                   "precision": precision},
     }, source="llm_kd")
+
+
+def jsd_weight(args) -> float:
+    """The JSD variant's soft weight. By default 1 / (beta (1 - beta)): for nearby distributions
+    JSD_beta ~ beta (1 - beta) KL, so this gives JSD the same pull as the KLs at weight 1 (at
+    beta = 0.5 the plain JSD is a quarter as strong and the cross-entropy beside it dominates)."""
+    if args.jsd_weight is not None:
+        return args.jsd_weight
+    b = args.jsd_beta
+    return 1.0 / (b * (1.0 - b)) if 0.0 < b < 1.0 else 1.0
 
 
 @torch.no_grad()
@@ -158,6 +169,10 @@ def main() -> None:
     ap.add_argument("--train-tokens", type=int, default=None)
     ap.add_argument("--eval-tokens", type=int, default=1024)
     ap.add_argument("--jsd-beta", type=float, default=0.5, help="GKD's beta of the jsd variant")
+    ap.add_argument("--jsd-weight", type=float, default=None,
+                    help="soft weight of the jsd variant (default 1 / (beta (1 - beta)); 1 = GKD's plain JSD)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="quality part: train only these (a probe; the JSON table needs them all)")
     ap.add_argument("--hard-weight", type=float, default=0.5,
                     help="cross-entropy weight beside the divergence (soft weight 1) in token-level variants")
     ap.add_argument("--speed-repeats", type=int, default=None)
@@ -188,7 +203,8 @@ def main() -> None:
     teacher_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
     quality = args.part in ("all", "quality")
-    seq_blocks = sequence_data(teacher_model, data, data.train.target_tokens()) if quality else None
+    seq_blocks = (sequence_data(teacher_model, data, data.train.target_tokens())
+                  if quality and "sequence" in args.variants else None)
     generation = time.perf_counter() - t0
     print(f"{dataset}: {data.train.target_tokens()} training target tokens x {args.epochs} epochs, "
           f"{data.val.target_tokens()} held-out; teacher pass {teacher_pass:.0f}s, generation {generation:.0f}s")
@@ -219,13 +235,13 @@ def main() -> None:
             for k in speeds["fp32"]["tokens_per_s"]))
     runs = [] if quality else record.get("runs", [])
     for seed in (args.seeds if quality else []):  # interleaved: every variant of a seed before the next seed
-        for variant in VARIANTS:
+        for variant in args.variants:
             runs.append(train_variant(variant, seed, args, ctx))
             r = runs[-1]
             print(f"  {variant:<11} seed {seed}: ppl {r['ppl']:.1f} agree {100 * r['agreement']:.2f}% "
                   f"KL {r['kl_to_teacher']:.3f} ({r['seconds']:.0f}s)", flush=True)
     table = {}
-    for variant in (VARIANTS if runs else []):
+    for variant in (args.variants if runs else []):
         rs = [r for r in runs if r["variant"] == variant]
         table[variant] = {k: mean_std([r[k] for r in rs]) for k in ("ppl", "agreement", "kl_to_teacher")}
         table[variant]["train_target_tokens"] = rs[0]["train_target_tokens"]
@@ -237,6 +253,7 @@ def main() -> None:
             print(f"{v:<12}{m['ppl'][0]:>11.1f} ± {m['ppl'][1]:<5.1f}{100 * m['agreement'][0]:>12.2f} ± "
                   f"{100 * m['agreement'][1]:<5.2f}{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}"
                   f"{m['train_target_tokens']:>8}")
+    if table.keys() >= set(VARIANTS):
         s = table["scratch"]
         targets["every distilled variant beats scratch on agreement and KL"] = all(
             table[v]["agreement"][0] > s["agreement"][0] and table[v]["kl_to_teacher"][0] < s["kl_to_teacher"][0]
@@ -251,7 +268,7 @@ def main() -> None:
         record = json.loads(out.read_text())
     machine = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
                "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-    if args.part in ("all", "quality"):
+    if args.part in ("all", "quality") and table.keys() >= set(VARIANTS):
         record.update({"dataset": dataset, "teacher": teacher_row, "table": table, "runs": runs,
                        "teacher_pass_s": teacher_pass, "generation_s": generation, "student": STUDENT,
                        "seeds": args.seeds, "quality_seconds": time.perf_counter() - t_start,

@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from kdistill import distributed
+from kdistill.checkpoint import load_checkpoint
 from kdistill.config import RunConfig
 from kdistill.data import Batches, Split
+from kdistill.engine import CHECKPOINT
 from kdistill.runs import distill
 from scale_helpers import cli, torch_threads, weights, write_config, write_teacher
 
@@ -67,3 +69,5 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
         torch.testing.assert_close(parallel[name], w, rtol=1e-5, atol=1e-6)
     log = (tmp_path / "two" / "distilled" / "metrics.jsonl").read_text().splitlines()
     assert sum(line.startswith('{"step"') for line in log) == 256 // 32 // 2  # rank 0 alone logs each step
+    rng = load_checkpoint(tmp_path / "two" / "distilled" / CHECKPOINT)["torch_rng"]
+    assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])  # each rank its own dropout stream

@@ -51,6 +51,14 @@ class Context:
         dist.all_reduce(t)
         return t.tolist()
 
+    def gather(self, obj):
+        """``obj`` of every rank, in rank order, on every rank."""
+        if self.world_size == 1:
+            return [obj]
+        out = [None] * self.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on any rank (so all ranks act together)."""
         return self.all_sum([float(flag)])[0] > 0

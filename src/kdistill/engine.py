@@ -196,7 +196,8 @@ class Engine:
                 logger.close(failed=failed)
 
     def _fit(self, resume: bool, loggers: list[StepLogger]) -> list[dict]:
-        torch.manual_seed(self.cfg.seed)
+        # each rank its own random stream: dropout masks and augmentations must not repeat across ranks
+        torch.manual_seed(self.cfg.seed + self.dist.rank)
         if self.cfg.train.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,7 +265,7 @@ class Engine:
             f"{self.out_dir / CHECKPOINT}; continue with --resume", signum)
 
     # ------------------------------------------------------------------ checkpoints
-    def _state(self) -> dict:
+    def _state(self, rng_states: list[torch.Tensor]) -> dict:
         return {
             "student": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -272,15 +273,16 @@ class Engine:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "world_size": self.dist.world_size,
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch.stack(rng_states),  # one row per rank
             "hparams": self.hparams(self.step),
             "history": json.dumps(self.history),
             "config_fingerprint": self.cfg.fingerprint(exclude=RESUMABLE_CHANGES),
         }
 
     def _save(self) -> None:
+        rng_states = self.dist.gather(torch.get_rng_state())  # every rank takes part
         if self.dist.is_main:
-            save_checkpoint(self.out_dir / CHECKPOINT, self._state())
+            save_checkpoint(self.out_dir / CHECKPOINT, self._state(rng_states))
 
     def _restore(self) -> None:
         state = load_checkpoint(self.out_dir / CHECKPOINT)
@@ -297,7 +299,8 @@ class Engine:
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.history = json.loads(state["history"])
-        torch.set_rng_state(state["torch_rng"])
+        rng = state["torch_rng"]
+        torch.set_rng_state(rng[self.dist.rank] if rng.dim() == 2 else rng)
         # keep the log consistent with the checkpoint: drop steps logged after it was written
         path = self.out_dir / METRICS
         if path.exists() and self.dist.is_main:
