@@ -135,3 +135,34 @@ def test_dense_cache_teacher_matches_live_to_fp16():
     cache = TopKCacheTeacher(live, blocks, k=None, batch_size=3)
     b = next(iter(LMBatches(blocks, 4, shuffle=True, seed=1)))
     torch.testing.assert_close(cache.logits(b), live.logits(b), rtol=1e-3, atol=1e-3)
+
+
+def test_ddp_wraps_the_hidden_state_view_and_keeps_the_loss_fused(tmp_path):
+    """Under torchrun DDP wraps FinalHidden: the task gets (N, H) hidden states through DDP's
+    forward, fuses the output layer with the loss, and the gradients (output layer included)
+    equal the single-process ones. A one-rank gloo group stands in for torchrun."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from kdistill.tasks.causal_lm import FinalHidden
+
+    student, teacher = tiny_llama(seed=0), tiny_llama(seed=1)
+    b = _batch(lm_blocks(n=4))
+    task = CausalLMTask(50, chunk_tokens=5)
+    t_logits = CausalLMTeacher(teacher, 50).logits(b)
+    want_loss, _ = task.objective(task.forward(student, b), t_logits, b, HP)
+    want = torch.autograd.grad(want_loss, list(student.parameters()))
+    view = task.parallel_module(student)
+    assert isinstance(view, FinalHidden) and set(view.parameters()) == set(student.parameters())
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        ddp = DistributedDataParallel(view)
+        hidden = task.forward(ddp, b)
+        assert hidden.shape == (task.count(b), 16)  # hidden states, not logits
+        loss, _ = task.objective(hidden, t_logits, b, HP)
+        loss.backward()
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(loss, want_loss)
+    for p, w in zip(student.parameters(), want):
+        torch.testing.assert_close(p.grad, w, rtol=1e-5, atol=1e-7)

@@ -78,7 +78,9 @@ class Engine:
         self.device = torch.device(cfg.train.device)
         self.student = student.to(self.device)
         self.dist = distributed.current()
-        self.model = distributed.wrap(self.student, self.dist)  # DDP under torchrun: trains self.student
+        # DDP under torchrun (around the task's view of the student): trains self.student
+        self.model = (distributed.wrap(task.parallel_module(self.student), self.dist)
+                      if self.dist.world_size > 1 else self.student)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.out_dir = Path(out_dir or cfg.train.output_dir)
         self.num_outputs = num_outputs

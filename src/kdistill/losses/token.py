@@ -210,16 +210,21 @@ class _Scratch:
     On CPU a fresh 24 MiB tensor is page-faulted at every allocation, which costs about as much
     as the arithmetic (one JSD chunk of 128 x 49,152: 84 ms with fresh tensors, 39 ms in reused
     ones), so each thread keeps one set of buffers (one shape and dtype; a new one replaces it)
-    across chunks and calls.
+    across chunks and calls. Elsewhere (CUDA's caching allocator already reuses memory) the
+    buffers live for one call.
     """
 
     _local = threading.local()
 
     def __init__(self, rows: int, cols: int, capacity: int, dtype: torch.dtype, device: torch.device):
         key = (max(rows, capacity), cols, dtype, device)
-        if getattr(self._local, "key", None) != key:
-            self._local.key, self._local.pool = key, []
-        self.pool, self.key, self.rows, self.used = self._local.pool, key, rows, set()
+        if device.type != "cpu":
+            pool = []
+        else:
+            if getattr(self._local, "key", None) != key:
+                self._local.key, self._local.pool = key, []
+            pool = self._local.pool
+        self.pool, self.key, self.rows, self.used = pool, key, rows, set()
 
     def take(self) -> torch.Tensor:
         free = [i for i in range(len(self.pool)) if i not in self.used]

@@ -25,6 +25,11 @@ class Task(ABC):
                   batch: dict, hp: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Summed (not averaged) loss over the batch's units, and each summed term."""
 
+    def parallel_module(self, student: nn.Module) -> nn.Module:
+        """What DistributedDataParallel wraps under torchrun: the student, or a view of it whose
+        forward returns what ``forward`` needs (all of the student's parameters inside)."""
+        return student
+
     def schedules(self) -> dict:
         """Extra scheduled values (e.g. the weights of task-specific loss terms) by name: the
         engine evaluates them each step, logs them and passes them to ``objective`` in ``hp``."""

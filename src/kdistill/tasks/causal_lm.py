@@ -47,11 +47,25 @@ def output_head(model: nn.Module) -> nn.Linear | None:
     return head
 
 
+class FinalHidden(nn.Module):
+    """A causal LM seen through its final hidden states (B, L, H), its output layer left to the
+    fused loss. Under torchrun DDP wraps this view, so the student's logits are never made for
+    the whole batch there either; the output layer stays inside, and DDP averages its gradients."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.lm.base_model(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+
+
 def selected_hidden(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
-    """The final hidden states (N, H) at the selected positions."""
-    out = model.base_model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device))
-    hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+    """The final hidden states (N, H) at the selected positions; ``model`` is the causal LM or
+    DDP around its ``FinalHidden``."""
+    view = model if isinstance(getattr(model, "module", None), FinalHidden) else FinalHidden(model)
+    hidden = view(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return hidden[:, :-1][target_mask(batch).to(device)]
 
 
@@ -81,10 +95,14 @@ class CausalLMTask(Task):
         self.chunk_tokens = chunk_tokens or default_chunk_tokens(vocab_size, self.device)
         self._head: nn.Linear | None = None
 
+    def parallel_module(self, student: nn.Module) -> nn.Module:
+        return FinalHidden(student) if output_head(student) is not None else student
+
     def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
         """Final hidden states (N, H) at the selected positions when the output layer can be fused
         with the loss (the common case), else the selected logits (N, V)."""
-        self._head = output_head(model)
+        inner = getattr(model, "module", None)  # DistributedDataParallel's wrapped module
+        self._head = output_head(inner.lm if isinstance(inner, FinalHidden) else model)
         if self._head is None:
             return selected_logits(model, batch, self.device, self.vocab_size)
         return selected_hidden(model, batch, self.device)
