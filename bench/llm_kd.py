@@ -272,7 +272,8 @@ def main() -> None:
         record.update({"dataset": dataset, "teacher": teacher_row, "table": table, "runs": runs,
                        "teacher_pass_s": teacher_pass, "generation_s": generation, "student": STUDENT,
                        "seeds": args.seeds, "quality_seconds": time.perf_counter() - t_start,
-                       "quality_config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                       "quality_config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                                          "jsd_soft_weight": jsd_weight(args)},
                        "quality_machine": machine})
     if args.part in ("all", "speed"):
         record.update({"speed": speeds, "speed_machine": machine,

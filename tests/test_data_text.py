@@ -161,3 +161,26 @@ def test_unlabeled_file_errors_name_the_field(tmp_path, write, change, message):
 def test_unlabeled_from_train_needs_limit_train():
     with pytest.raises(ValueError, match="set data.limit_train"):
         TextDataConfig(dataset="rotten_tomatoes", unlabeled_from_train=True)
+
+
+def test_hugging_face_dataset_folders(tmp_path):
+    """data.dataset hf: a DatasetDict saved with save_to_disk (its validation split becomes val,
+    ClassLabel indices become class names) and a single Dataset (val and test split off)."""
+    datasets = pytest.importorskip("datasets")  # the `datasets` extra; ./kd test installs it
+    rows = toy_rows(60)
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    as_dataset = lambda rs: datasets.Dataset.from_dict(
+        {"sentence": [r["text"] for r in rs], "label": [int(r["label"] == "pos") for r in rs]}, features=features)
+    datasets.DatasetDict({"train": as_dataset(rows[:40]), "validation": as_dataset(rows[40:50]),
+                          "test": as_dataset(rows[50:])}).save_to_disk(str(tmp_path / "dict"))
+    data = build_text_data(TextDataConfig(dataset="hf", path=str(tmp_path / "dict"), text_column="sentence"))
+    assert (len(data.train), len(data.val), len(data.test)) == (40, 10, 10)
+    assert data.class_names == ["neg", "pos"] and data.train.texts[0] == rows[0]["text"]
+    assert [data.class_names[i] for i in data.train.labels[:4]] == [r["label"] for r in rows[:4]]
+    as_dataset(rows).save_to_disk(str(tmp_path / "single"))
+    single = build_text_data(TextDataConfig(dataset="hf", path=str(tmp_path / "single"), text_column="sentence",
+                                            val_fraction=0.2, test_fraction=0.2))
+    assert (len(single.train), len(single.val), len(single.test)) == (36, 12, 12)
+    with pytest.raises(DataError, match=r"no column 'text' \(data.text_column\)"):
+        build_text_data(TextDataConfig(dataset="hf", path=str(tmp_path / "dict")))

@@ -110,9 +110,19 @@ def _hf_rows(cfg) -> dict[str, list[dict]]:
               else datasets.load_dataset(cfg.path))
     except Exception as exc:  # datasets raises many types; say which path failed and why
         raise DataError(f"data.path {cfg.path} could not be loaded as a dataset: {exc}") from None
-    if isinstance(ds, datasets.Dataset):
-        return {"train": list(ds)}
-    return {name: list(split) for name, split in ds.items()}
+    splits = {"train": ds} if isinstance(ds, datasets.Dataset) else dict(ds.items())
+    return {name: _rows_with_label_names(split, cfg.label_column) for name, split in splits.items()}
+
+
+def _rows_with_label_names(split, label_column: str) -> list[dict]:
+    """The split's rows; a ClassLabel column gives its class names, not their indices."""
+    rows = list(split)
+    names = getattr(split.features.get(label_column), "names", None)
+    if names:
+        for row in rows:
+            if isinstance(row.get(label_column), int) and 0 <= row[label_column] < len(names):
+                row[label_column] = names[row[label_column]]
+    return rows
 
 
 def _rotten_tomatoes_rows() -> list[dict]:
