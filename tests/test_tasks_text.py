@@ -119,3 +119,16 @@ def test_predictions_come_back_in_sample_order(setup):
         student.eval()
         direct = student(input_ids=first["input_ids"], attention_mask=first["attention_mask"]).logits
     torch.testing.assert_close(logits[first["index"]], direct, atol=1e-5, rtol=1e-5)
+
+
+def test_teacher_built_without_eager_attention_still_gives_its_maps(setup, tmp_path):
+    """A teacher model made for logits alone (the default attention kernel returns no maps) is
+    switched to eager attention when a TextTeacher is asked for attention layers."""
+    data, _, _ = setup
+    model = build_text_model(HFSpec(config=tiny_bert(32, 4, 4), tokenizer=str(write_vocab(tmp_path))), 2)
+    model.eval()
+    teacher = TextTeacher(model, num_outputs=2, attention_layers=(1, 4))
+    out = teacher.outputs(next(iter(TextBatches(data.train, 8))))
+    maps = out["attention"][4]
+    assert maps.shape[:2] == (8, 4)
+    torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kdistill.models.text import encoder_of
 from kdistill.teachers.base import to_logits
 from kdistill.teachers.live import LiveTeacher
 
@@ -31,6 +32,8 @@ class TextTeacher(LiveTeacher):
         super().__init__(model, num_outputs=num_outputs, inputs=teacher_inputs, **kwargs)
         self.hidden_layers, self.attention_layers = tuple(hidden_layers), tuple(attention_layers)
         self.memo: dict[int, tuple[tuple[int, ...], dict]] | None = {} if memoize else None
+        if self.attention_layers and encoder_of(model).config._attn_implementation != "eager":
+            encoder_of(model).set_attn_implementation("eager")  # only eager attention returns the maps
 
     def logits(self, batch: dict) -> torch.Tensor:
         return self.outputs(batch)["logits"]
