@@ -161,3 +161,19 @@ def test_chromium_check_catches_page_errors(tmp_path):
     dom, console = open_in_chromium(bad, tmp_path)
     assert any("broken page" in line for line in console)
     assert 'data-decoded=""' in dom
+
+
+def test_distill_alone_ends_with_the_comparison_and_a_report(tmp_path, capsys):
+    """`kdistill distill` compares what the run holds (here: the teacher and the distilled
+    student, no scratch run) and writes report.html, as `kdistill eval` would."""
+    from scale_helpers import write_config, write_teacher
+
+    config = write_config(tmp_path, teacher=write_teacher(tmp_path / "teacher.safetensors"), limit_train=128)
+    assert _cli("distill", config) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[1] for line in out.splitlines() if line.startswith("│ ")]
+    assert rows == ["teacher", "distilled"]  # the comparison table: no scratch run to show
+    report = tmp_path / "run" / "report.html"
+    assert f"report: {report}" in out and report.is_file()
+    assert _cli("distill", config, "--no-evaluate", "--output-dir", tmp_path / "second") == 0
+    assert "test split" not in capsys.readouterr().out and not (tmp_path / "second" / "report.html").exists()

@@ -56,6 +56,19 @@ SEEDS = typer.Option(1, min=1, help="run the comparison over N seeds (seed, seed
                                    "OUTPUT_DIR/seed_K/ and report mean ± std at the last epoch")
 
 
+def _say_report(cfg: RunConfig) -> None:
+    path = Path(cfg.train.output_dir) / "report.html"
+    if path.is_file():
+        typer.echo(f"report: {path}")
+
+
+def _evaluate(cfg: RunConfig) -> None:
+    from kdistill.runs import evaluate_run
+
+    _print_rows(evaluate_run(cfg), f"{cfg.name}: test split")
+    _say_report(cfg)
+
+
 def _compare(cfg: RunConfig, seeds: int, title: str) -> None:
     from kdistill.runs import run_comparison, run_seeds
 
@@ -63,7 +76,7 @@ def _compare(cfg: RunConfig, seeds: int, title: str) -> None:
         _print_rows(run_seeds(cfg, seeds), f"{title}, mean ± std over {seeds} seeds")
     else:
         _print_rows(run_comparison(cfg), title)
-    typer.echo(f"report: {Path(cfg.train.output_dir) / 'report.html'}")
+    _say_report(cfg)
 
 
 @app.command()
@@ -111,15 +124,20 @@ def train(config: Path = CONFIG,
 @app.command()
 def distill(config: Path = CONFIG,
             resume: bool = typer.Option(False, help="continue from the last checkpoint"),
-            output_dir: Optional[Path] = typer.Option(None), nproc: int = NPROC) -> None:
+            output_dir: Optional[Path] = typer.Option(None), nproc: int = NPROC,
+            evaluate: bool = typer.Option(True, help="then compare the run's teacher, scratch (if trained) "
+                                                     "and distilled students, as `kdistill eval`")) -> None:
     """Distil the config's teacher into its student (``torchrun --nproc_per_node=N -m kdistill
-    distill CONFIG``, or ``--nproc N``, for data parallelism)."""
+    distill CONFIG``, or ``--nproc N``, for data parallelism), then compare it with the teacher."""
     from kdistill.runs import distill as run_distill
 
-    _relaunch(nproc, "distill", config, resume, output_dir)
-    result = run_distill(_load(config, output_dir), resume=resume)
+    _relaunch(nproc, "distill", config, resume, output_dir, *([] if evaluate else ["--no-evaluate"]))
+    cfg = _load(config, output_dir)
+    result = run_distill(cfg, resume=resume)
     if os.environ.get("RANK", "0") == "0":
         typer.echo(f"saved {result.out_dir}")
+        if evaluate:
+            _evaluate(cfg)
 
 
 @app.command("cache-teacher")
@@ -135,11 +153,7 @@ def cache_teacher(config: Path = CONFIG, output_dir: Optional[Path] = typer.Opti
 @app.command("eval")
 def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)) -> None:
     """Compare the run's teacher, scratch and distilled students on the test split."""
-    from kdistill.runs import evaluate_run
-
-    cfg = _load(config, output_dir)
-    _print_rows(evaluate_run(cfg), f"{cfg.name}: test split")
-    typer.echo(f"report: {Path(cfg.train.output_dir) / 'report.html'}")
+    _evaluate(_load(config, output_dir))
 
 
 @app.command()

@@ -200,8 +200,6 @@ def evaluate_run(cfg: RunConfig, data: DataSplits | None = None) -> list[ModelRe
         from kdistill import runs_text
 
         return runs_text.evaluate_run(cfg, data)
-
-    """Compare the run's teacher, scratch and distilled students on the test split."""
     if cfg.task == "causal_lm":
         from kdistill import lm_runs
 
