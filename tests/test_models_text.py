@@ -101,3 +101,28 @@ def test_projections_wrapper_exports_the_plain_student(vocab):
     assert unwrap(wrapped) is student
     assert any(k.startswith("projections.") for k in wrapped.state_dict())
     assert not any("projections" in k for k in unwrap(wrapped).state_dict())
+
+
+def test_factorized_embeddings_shrink_the_table_and_start_from_the_teachers_best_rank_k(vocab):
+    torch.manual_seed(0)
+    spec = lambda k: HFSpec(config=tiny_bert(16, 2), tokenizer=vocab, embedding_size=k)
+    plain = build_text_model(HFSpec(config=tiny_bert(16, 2), tokenizer=vocab), 2)
+    small = build_text_model(spec(4), 2)
+    v = encoder_of(plain).embeddings.word_embeddings.weight.shape[0]
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(plain) - count(small) == v * 16 - (v * 4 + 4 * 16 + 16)
+    tok = load_tokenizer(vocab)
+    assert small(**_inputs(tok)).logits.shape == (2, 2)
+    teacher = build_text_model(HFSpec(config=tiny_bert(16, 4), tokenizer=vocab), 2)
+    t_words = encoder_of(teacher).embeddings.word_embeddings.weight
+    for k in (4, 16):
+        student = build_text_model(spec(k), 2)
+        assert "layers from teacher layers [2, 4]" in init_from_teacher(student, teacher, spec(k))
+        ids = torch.arange(v)
+        rebuilt = encoder_of(student).get_input_embeddings()(ids).double()
+        centred = t_words.double() - t_words.double().mean(0)
+        u, sv, vt = torch.linalg.svd(centred, full_matrices=False)
+        best = t_words.double().mean(0) + (u[:, :k] * sv[:k]) @ vt[:k]  # the best rank-k approximation
+        torch.testing.assert_close(rebuilt, best, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="embedding_size applies to a model built from `config`"):
+        HFSpec(name_or_path="all-MiniLM-L6-v2", embedding_size=8)

@@ -176,6 +176,10 @@ class HFSpec(_ModelBase):
     dropout: float = Field(0.1, ge=0, lt=1, description="mean/cls heads: dropout before the head")
     freeze_embeddings: bool = Field(False, description="keep the token embeddings fixed while training "
                                                        "(cheaper fine-tuning of a pretrained encoder)")
+    embedding_size: Optional[int] = Field(
+        None, gt=0, description="config-built models: factorized token embeddings (ALBERT), vocabulary "
+                                "x embedding_size then a linear map to hidden_size, so a wide student "
+                                "keeps a small embedding table")
     init_from_teacher: bool = Field(
         False, description="copy the teacher's embeddings (PCA-projected when narrower) and the "
                            "layers in teacher_layers before training, as DistilBERT was initialised")
@@ -188,6 +192,9 @@ class HFSpec(_ModelBase):
     def _one_source(self) -> "HFSpec":
         if (self.name_or_path is None) == (self.config is None):
             raise ValueError("give exactly one of name_or_path (pretrained) or config (from scratch)")
+        if self.embedding_size is not None and self.config is None:
+            raise ValueError("embedding_size applies to a model built from `config` (a pretrained "
+                             "model keeps its own embeddings)")
         if self.config is not None and self.tokenizer is None:
             raise ValueError("a model built from config needs `tokenizer` (a folder, a vocab.txt or "
                              "a bundled name such as all-MiniLM-L6-v2)")

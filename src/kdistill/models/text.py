@@ -101,6 +101,19 @@ class EncoderClassifier(nn.Module):
         return out
 
 
+class FactorizedEmbedding(nn.Module):
+    """Token embeddings as a (vocabulary x k) table and a linear map k -> hidden (ALBERT): a wide
+    student's embedding parameters shrink from V x H to V x k + k x H."""
+
+    def __init__(self, vocab_size: int, k: int, hidden: int, pad_id: int = 0):
+        super().__init__()
+        self.tokens = nn.Embedding(vocab_size, k, padding_idx=pad_id)
+        self.project = nn.Linear(k, hidden)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.project(self.tokens(input_ids))
+
+
 class TextCNN(nn.Module):
     """Embeddings -> parallel 1-D convolutions -> max over real tokens -> linear (Kim 2014)."""
 
@@ -170,10 +183,14 @@ def build_text_model(spec, num_classes: int, vocab_size: int | None = None, pad_
                     path, config=config, local_files_only=True, ignore_mismatched_sizes=True, **kw)
             else:
                 model = AutoModel.from_pretrained(path, config=config, local_files_only=True, **kw)
+        if spec.embedding_size is not None:
+            body = getattr(model, "base_model", model)
+            body.set_input_embeddings(FactorizedEmbedding(body.get_input_embeddings().num_embeddings,
+                                                          spec.embedding_size, config.hidden_size, pad_id))
         if spec.head != "auto":
             model = EncoderClassifier(model, num_classes, spec.head, spec.dropout)
         if spec.freeze_embeddings:
-            encoder_of(model).get_input_embeddings().weight.requires_grad_(False)
+            encoder_of(model).get_input_embeddings().requires_grad_(False)
     if spec.weights is not None:
         load_weights(model, spec.weights)
     return model
@@ -198,9 +215,22 @@ def principal_directions(weights: torch.Tensor, k: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_embeddings_from(student_embedding: nn.Embedding, teacher_embedding: torch.Tensor) -> None:
+def init_embeddings_from(student_embedding: nn.Module, teacher_embedding: torch.Tensor) -> None:
     """Copy the teacher's token embeddings, projected on their top principal directions when the
-    student is narrower (rows beyond the teacher's vocabulary keep their initialisation)."""
+    student is narrower (rows beyond the teacher's vocabulary keep their initialisation). A
+    ``FactorizedEmbedding`` as wide as the teacher gets the best rank-k approximation: the table
+    holds the centred embeddings' top-k PCA coordinates, the linear map the directions and mean."""
+    if isinstance(student_embedding, FactorizedEmbedding):
+        rows = min(student_embedding.tokens.weight.shape[0], teacher_embedding.shape[0])
+        k, source = student_embedding.tokens.weight.shape[1], teacher_embedding[:rows].float()
+        if student_embedding.project.weight.shape[0] != source.shape[1] or k > source.shape[1]:
+            init_embeddings_from(student_embedding.tokens, teacher_embedding)  # the map keeps its own init
+            return
+        mean, directions = source.mean(0), principal_directions(source, k)
+        student_embedding.tokens.weight[:rows] = (source - mean) @ directions
+        student_embedding.project.weight.copy_(directions)  # (H x k): x -> x @ directions.T + mean
+        student_embedding.project.bias.copy_(mean)
+        return
     rows = min(student_embedding.weight.shape[0], teacher_embedding.shape[0])
     width = student_embedding.weight.shape[1]
     source = teacher_embedding[:rows].float()
