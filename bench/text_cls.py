@@ -2,11 +2,14 @@
 
 Rows: the teacher (all-MiniLM-L6-v2 fine-tuned with a mean-pooled classification head, ~22.7M
 parameters), the student trained on labels alone (from its own random initialisation), the
-student distilled on logits, and the student distilled on logits + hidden states (learned
-projection 128 -> 384, uniform layer map). Distilled students start from the teacher's token
-embeddings projected on their top principal directions (DistilBERT-style initialisation; the
-scratch row does not, and the ablation row scratch+teacher-init has that initialisation but
-labels only). Every student runs with each seed; the teacher is fine-tuned once and
+student distilled on logits, and the student distilled on logits + hidden states (uniform layer
+map). The default student (``--student wide``) is a 2-layer BERT as wide as the teacher (384,
+12 heads) with factorized token embeddings (30,522 x 60, then 60 -> 384), 0.248 of the
+teacher's parameters; distilled students start DistilBERT-style from the teacher: its layers 2
+and 4, and its token embeddings' best rank-60 approximation. ``--student narrow`` is the earlier
+4-layer, 128-wide student (embeddings PCA-projected, hidden states through a learned 128 -> 384
+projection). The scratch row has no teacher initialisation; the ablation row
+scratch+teacher-init has it but learns from labels only. Every student runs with each seed; the teacher is fine-tuned once and
 cached in the run folder. Figures: test accuracy (mean, std over seeds, last epoch), parameters,
 CPU latency at batch 1 on a median-length review.
 
@@ -39,9 +42,14 @@ from kdistill import runs_text  # noqa: E402
 from kdistill.tasks.text import plan_layer_terms  # noqa: E402
 
 TEACHER = {"arch": "hf", "name_or_path": "all-MiniLM-L6-v2", "head": "mean", "freeze_embeddings": True}
-STUDENT = {"arch": "hf", "tokenizer": "all-MiniLM-L6-v2", "head": "mean",
-           "config": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
-                      "intermediate_size": 512, "max_position_embeddings": 64}}
+STUDENTS = {
+    "wide": {"arch": "hf", "tokenizer": "all-MiniLM-L6-v2", "head": "mean", "embedding_size": 60,
+             "config": {"hidden_size": 384, "num_hidden_layers": 2, "num_attention_heads": 12,
+                        "intermediate_size": 1536, "max_position_embeddings": 64}},
+    "narrow": {"arch": "hf", "tokenizer": "all-MiniLM-L6-v2", "head": "mean",
+               "config": {"hidden_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4,
+                          "intermediate_size": 512, "max_position_embeddings": 64}},
+}
 VARIANTS = {  # loss settings; None: the scratch baseline (random initialisation, labels only)
     "scratch": None,
     # ablation: labels only, but from the teacher's embeddings (separates initialisation from soft targets)
@@ -60,7 +68,7 @@ def settings(quick: bool) -> dict:
     return dict(limit_train=2000, limit_eval=1000, unlabeled=0, teacher_epochs=1, student_epochs=5, seeds=[0, 1, 2])
 
 
-def base_config(s: dict, out: Path) -> dict:
+def base_config(s: dict, out: Path, student: str = "wide") -> dict:
     return {
         "name": "bench-text-cls", "task": "text_classification",
         "data": {"dataset": "rotten_tomatoes", "max_length": 64, "batch_size": 32, "eval_batch_size": 128,
@@ -69,7 +77,7 @@ def base_config(s: dict, out: Path) -> dict:
         "teacher": {"kind": "live", "model": TEACHER, "memoize": True, "epochs": s["teacher_epochs"],
                     "optim": {"name": "adamw", "weight_decay": 0.01, "max_grad_norm": 1.0,
                               "lr": {"kind": "linear", "start": 3e-4, "end": 3e-6, "warmup_steps": 10}}},
-        "student": STUDENT,
+        "student": STUDENTS[student],
         "loss": {"temperature": 2.0},
         "optim": {"name": "adamw", "lr": {"kind": "linear", "start": 1e-3, "end": 1e-5, "warmup_steps": 20},
                   "weight_decay": 0.01, "max_grad_norm": 1.0},
@@ -121,6 +129,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small subset, same code path (~1-2 min)")
     ap.add_argument("--out", type=Path, default=None, help="run folder (the teacher is cached there)")
     ap.add_argument("--limit-train", type=int, default=None, help="training texts (default 2000; quick 300)")
+    ap.add_argument("--student", choices=sorted(STUDENTS), default="wide",
+                    help="wide: 2 x 384 from the teacher's layers, factorized embeddings; narrow: 4 x 128")
     ap.add_argument("--unlabeled", type=int, default=None,
                     help="distil also on this many of the remaining training texts, labels dropped")
     ap.add_argument("--json", type=Path, default=None, help="results file (default bench/results/text_cls.json)")
@@ -136,7 +146,8 @@ def main() -> None:
         s["unlabeled"] = args.unlabeled
     out = args.out or ROOT.parent / "runs" / ("bench-text-quick" if args.quick else "bench-text")
     started = time.perf_counter()
-    base = base_config(s, out)
+    s["student"] = args.student
+    base = base_config(s, out, args.student)
     t_cfg = RunConfig.parse(base, source="bench teacher")
     data = build_text_data(t_cfg.data)
     teacher, teacher_seconds, cached = ensure_teacher(t_cfg, data)
