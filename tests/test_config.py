@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,9 @@ def test_class_count_mismatch_is_a_one_line_cli_error(tmp_path):
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "10 classes" in lines[0] and "3 classes" in lines[0]
     assert not (tmp_path / "run" / "distilled" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_parses(path):
+    assert RunConfig.from_yaml(path).name

@@ -1,6 +1,6 @@
 """One typed, validated config per run: the same object from YAML and from Python.
 
-    cfg = RunConfig.from_yaml("configs/mnist_demo.yaml")
+    cfg = RunConfig.from_yaml("configs/mnist_mlp.yaml")
     cfg = RunConfig(data={"dataset": "mnist"}, student={"arch": "mlp", "hidden": [800, 800]}, ...)
 
 Unknown keys and bad values are refused with the field's dotted name. A config never names code
