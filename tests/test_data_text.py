@@ -1,5 +1,6 @@
 """Text data: sources, the fixed Rotten Tomatoes split, clear errors, length-bucketed batches."""
 
+import bz2
 import importlib.util
 import json
 
@@ -121,14 +122,15 @@ def test_numeric_labels_keep_numeric_order(tmp_path):
 def test_unlabeled_texts_from_the_rest_of_train_and_from_a_file(tmp_path):
     write_csv(tmp_path / "d.csv", toy_rows(100))
     extra = [{"text": f"good film number {i}"} for i in range(7)]
-    (tmp_path / "extra.jsonl").write_text("".join(json.dumps(r) + "\n" for r in extra))
+    with bz2.open(tmp_path / "extra.jsonl.bz2", "wt") as fh:  # compressed JSONL reads like plain
+        fh.write("".join(json.dumps(r) + "\n" for r in extra))
     full = build_text_data(TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv")))
     cfg = TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv"), limit_train=30, unlabeled_from_train=True)
     data = build_text_data(cfg)
     assert data.train.texts == full.train.texts[:30]
     assert data.unlabeled.texts == full.train.texts[30:]
     assert (data.unlabeled.labels == UNLABELED).all()
-    both = build_text_data(cfg.model_copy(update={"unlabeled_path": str(tmp_path / "extra.jsonl"),
+    both = build_text_data(cfg.model_copy(update={"unlabeled_path": str(tmp_path / "extra.jsonl.bz2"),
                                                   "limit_unlabeled": 55}))
     assert len(both.unlabeled) == 55 and both.unlabeled.texts[50] == "good film number 0" and both.identity != data.identity
     transfer = both.transfer_set()

@@ -79,7 +79,8 @@ def _rows_csv(path: Path) -> list[dict]:
 
 def _rows_jsonl(path: Path) -> list[dict]:
     rows = []
-    with open(path, encoding="utf-8") as fh:
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         for n, line in enumerate(fh, 1):
             if line.strip():
                 try:
@@ -162,9 +163,7 @@ def _unlabeled_texts(cfg) -> list[str]:
         (".csv", ".csv.bz2")) else None
     if kind is None:
         raise DataError(f"data.unlabeled_path {path} must be a .csv or .jsonl file (optionally .bz2)")
-    if not path.is_file():
-        raise DataError(f"data.unlabeled_path {path} does not exist")
-    rows = _rows_csv(path) if kind == "csv" else _rows_jsonl(path)
+    rows = _read_file(cfg.unlabeled_path, kind, "unlabeled_path")
     if not rows:
         raise DataError(f"data.unlabeled_path {path} holds no rows")
     if cfg.text_column not in rows[0]:
