@@ -229,7 +229,7 @@ def main() -> None:
     path = args.json or ROOT / "results" / ("text_cls_quick.json" if args.quick else "text_cls.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2))
-    print(format_table(rows, "Rotten Tomatoes test split"))
+    print(format_table(rows, "Rotten Tomatoes test split (one row per seed)", with_verdict=False))
     print(markdown(result))
     print(f"wrote {path}")
 

@@ -141,7 +141,10 @@ def test_unlabeled_texts_from_the_rest_of_train_and_from_a_file(tmp_path):
     only_file = build_text_data(TextDataConfig(dataset="csv", path=str(tmp_path / "d.csv"),
                                                unlabeled_path=str(tmp_path / "u.csv")))
     assert len(only_file.unlabeled) == 5 and (only_file.unlabeled.labels == UNLABELED).all()
-    encode(only_file, load_tokenizer(str(write_vocab(tmp_path))), max_length=16)
+    tok = load_tokenizer(str(write_vocab(tmp_path)))
+    encode(only_file, tok, max_length=16, unlabeled=False)  # a run without a teacher
+    assert only_file.unlabeled.ids is None and len(only_file.train.ids) == len(only_file.train)
+    encode(only_file, tok, max_length=16)
     assert len(only_file.unlabeled.ids) == 5
 
 

@@ -133,7 +133,8 @@ def test_format_cell_and_verdict_single_run():
     held, text = verdict(rows)
     assert held and "closes 50% of the scratch-to-teacher gap" in text and "10.0x fewer" in text
     assert verdict(rows[:2])[0] is None
-    assert "distilled" in format_table(rows, "t")
+    assert "distilled" in format_table(rows, "t") and "closes 50%" in format_table(rows, "t")
+    assert "closes" not in format_table(rows, "t", with_verdict=False)
     held, text = verdict([_row("scratch", 0.97), _row("distilled", 0.95)])
     assert held is False and "did not pay" in text and "closes none" not in text
     held, text = verdict([_row("teacher", 0.99), _row("scratch", 0.97), _row("distilled", 0.95)])

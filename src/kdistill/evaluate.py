@@ -335,8 +335,9 @@ def verdict(rows: list[ModelReport] | list[dict]) -> tuple[bool | None, str]:
     return held, text
 
 
-def format_table(rows: list[ModelReport] | list[dict], title: str = "") -> str:
-    """The comparison as a plain-text table (what the CLI prints), with the verdict below."""
+def format_table(rows: list[ModelReport] | list[dict], title: str = "", with_verdict: bool = True) -> str:
+    """The comparison as a plain-text table (what the CLI prints), with the verdict below unless
+    the caller judges the rows itself (e.g. per-seed rows that the verdict cannot pair up)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -348,5 +349,6 @@ def format_table(rows: list[ModelReport] | list[dict], title: str = "") -> str:
         table.add_row(*line)
     console = Console(width=200, record=True, file=io.StringIO())
     console.print(table)
-    console.print(verdict(rows)[1])
+    if with_verdict:
+        console.print(verdict(rows)[1])
     return console.export_text()

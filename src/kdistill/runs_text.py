@@ -71,7 +71,7 @@ def _fit(cfg: RunConfig, model: nn.Module, task: TextClassificationTask, data: T
     """Tokenize for this run, train with the engine, export the plain model and a summary.
     ``transfer``: train on the labelled and the unlabelled texts (a distillation with a teacher term)."""
     d = cfg.data
-    encode(data, tokenizer, d.max_length, teacher_tokenizer)
+    encode(data, tokenizer, d.max_length, teacher_tokenizer, unlabeled=transfer)
     pad_id = _pad_id(tokenizer)
     teacher_pad = _pad_id(teacher_tokenizer) if teacher_tokenizer is not None else 0
     train_split = data.transfer_set() if transfer else data.train

@@ -260,9 +260,13 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
 
 
-def encode(splits: TextSplits, tokenizer, max_length: int, teacher_tokenizer=None) -> TextSplits:
-    """Tokenize every split with the trained model's tokenizer (and the teacher's, if any)."""
+def encode(splits: TextSplits, tokenizer, max_length: int, teacher_tokenizer=None,
+           unlabeled: bool = True) -> TextSplits:
+    """Tokenize every split with the trained model's tokenizer (and the teacher's, if any);
+    ``unlabeled=False`` skips the unlabelled texts (runs without a teacher never read them)."""
     for split in splits.splits():
+        if split is splits.unlabeled and not unlabeled:
+            continue
         split.ids = tokenize(tokenizer, split.texts, max_length)
         split.teacher_ids = (tokenize(teacher_tokenizer, split.texts, max_length)
                              if teacher_tokenizer is not None else None)
