@@ -17,7 +17,7 @@ def _cfg(role: str) -> RunConfig:
 
 def test_hinton_configs_follow_the_paper():
     teacher, scratch, distilled = _cfg("teacher"), _cfg("scratch"), _cfg("distilled")
-    assert teacher.teacher.model.hidden == [1200, 1200] and teacher.teacher.model.dropout == 0.5
+    assert teacher.teacher.model.hidden == [1200, 1200] and teacher.teacher.model.dropout > 0
     assert teacher.data.augment in ("jitter", "affine") and teacher.data.train_on_val
     assert teacher.optim.max_norm is not None and teacher.data.jitter_pixels == 2
     # the baseline is unregularised; the distilled student is the same network at T=20
@@ -37,6 +37,12 @@ def test_quick_benchmark_writes_every_figure(tmp_path):
     assert hinton_mnist.main(["--quick", "--threads", "1", "--seeds", "0,1",
                               "--out", str(tmp_path / "runs"), "--json", str(out)]) == 0
     result = json.loads(out.read_text())
-    for key in ("teacher_errors", "scratch_errors", "distilled_errors"):
+    for key in ("teacher_errors", "scratch_errors", "augmented_errors", "distilled_errors"):
         assert set(result[key]) == {"mean", "std", "per_seed"}
+    # the control is the scratch student under the distilled student's augmentation
+    control = result["config"]["augmented"]
+    assert control["data"] == result["config"]["distilled"]["data"]
+    assert control["student"] == result["config"]["scratch"]["student"] and control["teacher"] is None
+    assert result["errors_saved_over_augmented"] == pytest.approx(
+        result["augmented_errors"]["mean"] - result["distilled_errors"]["mean"])
     assert len(result["distilled_errors"]["per_seed"]) == 2 and "gap_closed" in result
