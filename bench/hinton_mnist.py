@@ -179,15 +179,15 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.perf_counter()
 
     data_plain = build_data(cfgs["scratch"].data)
-    data_jitter = build_data(cfgs["distilled"].data)  # same tensors; the jitter happens per batch
+    data_transformed = build_data(cfgs["distilled"].data)  # same tensors; the transforms happen per batch
     records: dict[str, list[dict]] = {role: [] for role in ROLES}
 
     teacher_dir = out / ("teacher" if args.teacher == "mlp" else f"teacher-{args.teacher}")
     if "teacher" in roles or args.teacher != "mlp":
-        records["teacher"].append(run_role("teacher", cfgs["teacher"], data_jitter, teacher_dir))
+        records["teacher"].append(run_role("teacher", cfgs["teacher"], data_transformed, teacher_dir))
     elif (r := cached(teacher_dir, cfgs["teacher"])) is not None:
         records["teacher"].append(r)
-    for role, data in (("scratch", data_plain), ("augmented", data_jitter)):
+    for role, data in (("scratch", data_plain), ("augmented", data_transformed)):
         for seed in seeds:
             cfg = cfgs[role].model_copy(update={"seed": seed}, deep=True)
             if role in roles:
@@ -201,8 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             if not records["teacher"]:
                 print("no finished teacher run: run with --roles teacher first", file=sys.stderr)
                 return 2
-            teacher = load_teacher(cfgs["teacher"], data_jitter, teacher_dir)
-            records["distilled"].append(run_role("distilled", cfg, data_jitter, run_dir, teacher))
+            teacher = load_teacher(cfgs["teacher"], data_transformed, teacher_dir)
+            records["distilled"].append(run_role("distilled", cfg, data_transformed, run_dir, teacher))
         elif (r := cached(run_dir, cfg)) is not None:
             records["distilled"].append(r)
 
