@@ -182,21 +182,24 @@ def main(argv: list[str] | None = None) -> int:
     data_transformed = build_data(cfgs["distilled"].data)  # same tensors; the transforms happen per batch
     records: dict[str, list[dict]] = {role: [] for role in ROLES}
 
-    teacher_dir = out / ("teacher" if args.teacher == "mlp" else f"teacher-{args.teacher}")
+    # the scratch student is the same for every teacher variant; the other runs depend on it
+    variant = "" if args.teacher == "mlp" else f"-{args.teacher}"
+    teacher_dir = out / f"teacher{variant}"
     if "teacher" in roles or args.teacher != "mlp":
         records["teacher"].append(run_role("teacher", cfgs["teacher"], data_transformed, teacher_dir))
     elif (r := cached(teacher_dir, cfgs["teacher"])) is not None:
         records["teacher"].append(r)
-    for role, data in (("scratch", data_plain), ("augmented", data_transformed)):
+    for role, data, suffix in (("scratch", data_plain, ""), ("augmented", data_transformed, variant)):
         for seed in seeds:
             cfg = cfgs[role].model_copy(update={"seed": seed}, deep=True)
+            run_dir = out / f"{role}{suffix}-seed{seed}"
             if role in roles:
-                records[role].append(run_role(role, cfg, data, out / f"{role}-seed{seed}"))
-            elif (r := cached(out / f"{role}-seed{seed}", cfg)) is not None:
+                records[role].append(run_role(role, cfg, data, run_dir))
+            elif (r := cached(run_dir, cfg)) is not None:
                 records[role].append(r)
     for seed in seeds:
         cfg = cfgs["distilled"].model_copy(update={"seed": seed}, deep=True)
-        run_dir = out / (f"distilled-seed{seed}" if args.teacher == "mlp" else f"distilled-{args.teacher}-seed{seed}")
+        run_dir = out / f"distilled{variant}-seed{seed}"
         if "distilled" in roles:
             if not records["teacher"]:
                 print("no finished teacher run: run with --roles teacher first", file=sys.stderr)
