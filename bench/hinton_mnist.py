@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"gap closed: {gap_closed:.1%}   target (<= 74 errors and >= 80% of the gap): "
           f"{'met' if met else 'MISSED'}")
     print(f"distilled vs the same student on labels + augmentation: {abs(teacher_gain):.1f} errors "
-          + ("fewer (the teacher helps beyond the augmentation)" if teacher_gain > 0
-             else "more or as many (the teacher adds nothing beyond the augmentation)"))
+          + ("fewer: the teacher helps beyond the augmentation" if teacher_gain > 0
+             else "more: the teacher adds nothing beyond the augmentation"))
     print(f"run time: {result['sum_run_seconds']:.0f}s summed over runs; "
           f"{result['wall_seconds_this_invocation']:.0f}s this invocation; wrote {json_path}")
     return 0
