@@ -42,11 +42,6 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
-    if rows and isinstance(rows[0], dict) and "ppl" in rows[0]:  # causal-LM comparisons
-        from kdistill.lm_runs import format_lm_table
-
-        typer.echo(format_lm_table(rows, title))
-        return
     from kdistill.evaluate import format_table
 
     typer.echo(format_table(rows, title))
@@ -159,7 +154,8 @@ def eval_(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)
 @app.command()
 def compare(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None),
             seeds: int = SEEDS) -> None:
-    """Everything in one go: teacher (if untrained), scratch, distilled, comparison, report."""
+    """Everything in one go: the teacher (when it needs training), scratch, distilled, the
+    comparison and the report; roles already trained from the same config are reused."""
     cfg = _load(config, output_dir)
     _compare(cfg, seeds, f"{cfg.name}: test split")
 
@@ -184,7 +180,8 @@ def export(run_dir: Path = typer.Argument(..., help="the run's output directory"
            int8_max_drop: float = typer.Option(2.0, help="fail if int8 loses more accuracy points")) -> None:
     """Export a run's student to ONNX (optionally int8), check parity, time it: RUN_DIR/export.json."""
     from kdistill.errors import ExportError
-    from kdistill.export import export_run, format_rows
+    from kdistill.export import format_rows
+    from kdistill.runs.export import export_run
 
     if format != "onnx":
         raise ExportError(f"--format {format!r} is not supported: use --format onnx")
@@ -201,7 +198,7 @@ def export(run_dir: Path = typer.Argument(..., help="the run's output directory"
 def generate(config: Path = CONFIG) -> None:
     """The config's teacher answers `generate.prompts` into `generate.output` (JSONL, resumable):
     the data of sequence-level distillation (train on it with data.dataset: completions_jsonl)."""
-    from kdistill.lm_runs import generate as run_generate
+    from kdistill.runs import generate as run_generate
 
     typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
 

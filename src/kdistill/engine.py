@@ -1,11 +1,12 @@
 """One training loop for every method and task.
 
 The engine owns what every run shares: the optimizer and its learning-rate schedule, the
-temperature and loss-weight schedules, gradient accumulation with a loss normalised over the
+schedules the objective declares (temperature, loss weights), gradient accumulation with a loss normalised over the
 whole optimizer step, optional bf16 autocast, the non-finite-loss guard, per-epoch evaluation,
 atomic checkpoints and resume, a progress bar and a JSONL log of every step. What differs between
-methods lives in the task (how a batch becomes a loss) and the teacher source (where soft targets
-come from), never in a copy of this loop.
+methods lives in the objective (a named method: which terms, which schedules), the task (how a
+batch becomes outputs, and the logit loss of its kind of model) and the teacher source (where
+teacher outputs come from), never in a copy of this loop.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from kdistill.checkpoint import load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
 from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
 from kdistill.evaluate import entropy_sum
+from kdistill.losses.objectives import Objective, build_objective
 from kdistill.schedules import as_schedule
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import TeacherSource
@@ -37,7 +39,8 @@ from kdistill.tracking import StepLogger, open_loggers
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # config fields a resumed run may change
-RESUMABLE_CHANGES = ("train.epochs", "train.progress", "train.checkpoint_every_steps", "train.log")
+RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.progress", "train.checkpoint_every_steps",
+                     "train.log")
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -67,13 +70,15 @@ def _groups(batches: Iterable, size: int):
 
 
 class Engine:
-    """Trains ``student`` on ``task`` with soft targets from ``teacher`` (or none: a baseline)."""
+    """Trains ``student`` on ``task`` towards ``objective`` (default: the config's method with a
+    teacher, cross-entropy alone without one), reading ``teacher``'s outputs."""
 
     def __init__(self, cfg: RunConfig, student: nn.Module, task: Task, train_batches,
                  val_batches=None, teacher: TeacherSource | None = None,
                  out_dir: str | Path | None = None, num_outputs: int | None = None,
-                 loggers: list[StepLogger] | None = None):
+                 loggers: list[StepLogger] | None = None, objective: Objective | None = None):
         self.cfg, self.task, self.teacher = cfg, task, teacher
+        self.objective = objective or build_objective(cfg.loss, teacher=teacher is not None)
         self.loggers = list(loggers or [])  # fed beside metrics.jsonl and the config's trackers
         self.device = torch.device(cfg.train.device)
         self.student = student.to(self.device)
@@ -85,24 +90,18 @@ class Engine:
         self.out_dir = Path(out_dir or cfg.train.output_dir)
         self.num_outputs = num_outputs
         self.optimizer = build_optimizer(cfg.optim, [p for p in self.student.parameters() if p.requires_grad])
-        self.schedules = {"lr": as_schedule(cfg.optim.lr)}
-        if teacher is not None:
-            self.schedules.update(temperature=as_schedule(cfg.loss.temperature),
-                                  soft_weight=as_schedule(cfg.loss.soft_weight),
-                                  hard_weight=as_schedule(cfg.loss.hard_weight))
-            self.schedules.update(task.schedules())
+        self.schedules = {"lr": as_schedule(cfg.optim.lr), **self.objective.schedules()}
         self.steps_per_epoch = math.ceil(len(train_batches) / cfg.train.grad_accum_steps)
         self.total_steps = cfg.train.epochs * self.steps_per_epoch
+        if cfg.train.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.history: list[dict] = []
 
     # ------------------------------------------------------------------ schedules
     def hparams(self, step: int) -> dict[str, float]:
-        """Every scheduled value at an optimizer step; a run without a teacher is plain CE."""
-        hp = {name: s(step, self.total_steps) for name, s in self.schedules.items()}
-        if self.teacher is None:
-            hp.update(temperature=1.0, soft_weight=0.0, hard_weight=1.0)
-        return hp
+        """Every scheduled value at an optimizer step."""
+        return {name: s(step, self.total_steps) for name, s in self.schedules.items()}
 
     # ------------------------------------------------------------------ checks
     def preflight(self) -> None:
@@ -113,11 +112,11 @@ class Engine:
         with torch.no_grad():
             s = self.task.forward(self.student, probe)
         self.student.train()
-        if self.num_outputs is not None and s.shape[-1] != self.num_outputs:
-            raise TrainingError(f"the student predicts {s.shape[-1]} classes but the data has "
+        if self.num_outputs is not None and s.logits is not None and s.logits.shape[-1] != self.num_outputs:
+            raise TrainingError(f"the student predicts {s.logits.shape[-1]} classes but the data has "
                                 f"{self.num_outputs}: set the student's output size to {self.num_outputs}")
         if self.teacher is not None:
-            self.task.check_outputs(s, self.teacher.logits(probe))
+            self.task.check_outputs(s, self.teacher.outputs(probe))
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
@@ -136,19 +135,20 @@ class Engine:
         sums: dict[str, float] = {}
         first_bad = None
         for i, batch in enumerate(group):
-            teacher_logits = None
-            if self.teacher is not None and hp["soft_weight"] != 0:
-                teacher_logits = self.teacher.logits(batch)
+            teacher = None  # the teacher runs once per micro-batch, for every term that reads it
+            if self.teacher is not None and self.objective.uses_teacher(hp):
+                teacher = self.teacher.outputs(batch)
             with distributed.no_sync(self.model, sync=i == len(group) - 1):
                 with self._autocast():
-                    student_logits = self.task.forward(self.model, batch)
-                loss, terms = self.task.objective(student_logits.float(), teacher_logits, batch, hp)
+                    student = self.task.forward(self.model, batch)
+                loss, terms = self.objective(self.task, student, teacher, batch, hp)
                 # = (loss * world / total).backward() with one node fewer; DDP averages gradients
                 # over ranks, so scaling by the world size leaves sum / global count
                 loss.backward(torch.full_like(loss, self.dist.world_size / total))
-            if isinstance(teacher_logits, torch.Tensor):  # how soft the targets are (dense logits only;
-                # estimated on 2**20 logits at most: a diagnostic must not add a pass over every token)
-                terms = {**terms, "teacher_entropy": entropy_sum(teacher_logits, hp["temperature"],
+            if teacher is not None and isinstance(teacher.logits, torch.Tensor):  # how soft the targets
+                # are (dense logits only; estimated on 2**20 logits at most: a diagnostic must not
+                # add a pass over every token)
+                terms = {**terms, "teacher_entropy": entropy_sum(teacher.logits, hp.get("temperature", 1.0),
                                                                  max_elements=2**20)}
             loss_value = float(loss.detach())  # one read serves the finiteness check and the log
             if first_bad is None and not math.isfinite(loss_value):
@@ -212,6 +212,8 @@ class Engine:
             (self.out_dir / METRICS).write_text("")
         self.student.train()
         for epoch in range(self.epoch, self.cfg.train.epochs):
+            if self.step >= self.total_steps:  # train.max_steps reached (on resume too)
+                break
             self.epoch = epoch
             self.train_batches.set_epoch(epoch)
             # a mid-epoch checkpoint: the epoch's order is fixed, skip the steps it holds
@@ -244,8 +246,14 @@ class Engine:
                         log.flush()
                         self._save()
                         raise self._interrupted(self.stop.signum)
-            self.epoch, self.step_in_epoch = epoch + 1, 0
-            summary = {"epoch": self.epoch, "step": self.step, "seconds": time.perf_counter() - t0}
+                    if self.step >= self.total_steps:
+                        break
+            # an epoch cut short by train.max_steps keeps its place, so a resume can go on
+            finished = self.step_in_epoch >= self.steps_per_epoch
+            if finished:
+                self.epoch, self.step_in_epoch = epoch + 1, 0
+            summary = {"epoch": self.epoch if finished else epoch + self.step_in_epoch / self.steps_per_epoch,
+                       "step": self.step, "seconds": time.perf_counter() - t0}
             if self.val_batches is not None and main:
                 summary.update({f"val_{k}": v for k, v in self.task.evaluate(self.student, self.val_batches).items()})
             self.history.append(summary)

@@ -185,6 +185,24 @@ class ModelReport:
     reliability: list[dict] = field(default_factory=list)
 
 
+@dataclass
+class LMReport:
+    """A causal LM on held-out text: per-token perplexity, agreement with and KL to the teacher,
+    size, and forward tokens per second."""
+
+    name: str
+    ppl: float
+    nll: float
+    agreement: float | None
+    kl_to_teacher: float | None
+    parameters: int
+    size_bytes: int
+    tokens_per_s: float
+    tokens: int = 0
+    eval_seconds: float = math.nan
+    exact_match: float | None = None
+
+
 def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None = "teacher",
             timing_sample: torch.Tensor | None = None, throughput_batch: int = 1000,
             latency_repeats: int = 100, throughput_repeats: int = 10,
@@ -243,13 +261,16 @@ def mean_std(values: list[float]) -> dict:
     return {"mean": float(arr.mean()), "std": std, "values": values}
 
 
-def aggregate_rows(runs: list[list[ModelReport]]) -> list[dict]:
-    """Per model (in the first run's order): each scalar metric as mean ± std over the runs."""
+def aggregate_rows(runs: list[list]) -> list[dict]:
+    """Per model (in the first run's order): each scalar metric as mean ± std over the runs
+    (classifier ``ModelReport`` rows or causal-LM ``LMReport`` rows)."""
     out = []
     for first in runs[0]:
         same = [r for run in runs for r in run if r.name == first.name]
         row = {"name": first.name, "runs": len(same)}
-        for key in SCALARS:
+        scalars = SCALARS if isinstance(first, ModelReport) else [
+            k for k, v in asdict(first).items() if k != "name" and (v is None or isinstance(v, (int, float)))]
+        for key in scalars:
             values = [getattr(r, key) for r in same]
             row[key] = None if any(v is None for v in values) else mean_std([float(v) for v in values])
         out.append(row)

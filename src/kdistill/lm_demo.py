@@ -4,7 +4,7 @@ the same tokens, in minutes on a laptop CPU.
 
 The teacher runs once over the training blocks and its top-k log-probabilities (tail mass kept)
 are cached in memory, so distillation costs about what the scratch run costs; held-out metrics use
-the teacher's full logits.
+the teacher's full logits (the causal-LM recipe computes them once).
 """
 
 from __future__ import annotations
@@ -12,12 +12,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from kdistill.config import RunConfig
-from kdistill.data.lm_text import LMBatches, build_lm_data
 from kdistill.errors import DataError
-from kdistill.models.hf import load_causal_lm, load_tokenizer, output_rows, student_from_config
+from kdistill.models.hf import output_rows
 from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher
 
 TEACHER = {"arch": "hf_causal_lm", "source": "smollm2-135m-instruct"}
@@ -51,51 +48,33 @@ def pick_dataset() -> str:
         return "python_docs"
 
 
-def dense_reference(teacher: CausalLMTeacher, batches) -> callable:
-    """The teacher's full logits for every held-out batch, computed once (fp16 halves the memory;
-    bf16 would round near-ties of the top-1)."""
-    cache = {tuple(b["index"].tolist()): teacher.logits(b).to(torch.float16) for b in batches}
-    return lambda batch: cache[tuple(batch["index"].tolist())].float()
-
-
 def run_llm_demo(out_dir: Path = Path("runs/llm-demo"), *, train_tokens: int = 8192,
                  eval_tokens: int = 1024, epochs: int = 4, top_k: int = 64, seed: int = 0,
-                 progress: bool = True, echo=print) -> list[dict]:
-    from kdistill import lm_runs
+                 progress: bool = True, echo=print) -> list:
+    """The scratch and the distilled student through the run pipeline (same config, same tokens),
+    the teacher run once over the training blocks into an in-memory top-k cache; then the
+    pipeline's comparison (comparison.json, report.html)."""
+    from kdistill.runs import distill, evaluate_run, recipe_for, train
 
     t_start = time.perf_counter()
     dataset = pick_dataset()
     cfg = demo_config(out_dir, dataset, train_tokens=train_tokens, eval_tokens=eval_tokens,
                       epochs=epochs, seed=seed, progress=progress)
-    spec = cfg.teacher.model
-    echo(f"loading the teacher {spec.source} (GGUF, dequantised to fp32) ...")
-    tokenizer = load_tokenizer(spec)
-    teacher_model = load_causal_lm(spec)
-    data = build_lm_data(cfg.data, tokenizer)
+    recipe = recipe_for(cfg)
+    echo(f"loading the teacher {cfg.teacher.model.source} (GGUF, dequantised to fp32) ...")
+    data = recipe.build_data(cfg)
+    teacher_model = recipe.teacher_model(cfg, data)
     vocab = output_rows(teacher_model)
     echo(f"text: {dataset}; {len(data.train)} training blocks ({data.train.target_tokens():,} target "
          f"tokens) and {len(data.val)} held-out blocks of {cfg.data.seq_len} tokens")
-    live = CausalLMTeacher(teacher_model, vocab)
     t0 = time.perf_counter()
-    cache = TopKCacheTeacher(live, data.train, k=top_k)
-    reference = dense_reference(live, LMBatches(data.val, cfg.data.eval_batch_size))
-    echo(f"teacher pass (top-{top_k} cache + held-out logits): {time.perf_counter() - t0:.0f} s")
-    students = {}
-    for role, teacher in (("scratch", None), ("distilled", cache)):
+    cache = TopKCacheTeacher(CausalLMTeacher(teacher_model, vocab), data.train, k=top_k)
+    echo(f"teacher pass (top-{top_k} cache): {time.perf_counter() - t0:.0f} s")
+    for role, run in (("scratch", lambda: train(cfg, data=data)),
+                      ("distilled", lambda: distill(cfg, teacher=cache, data=data))):
         t0 = time.perf_counter()
-        student = student_from_config(cfg.student.config, tokenizer, seed=seed)
-        lm_runs.run(cfg, teacher=teacher, student=student, tokenizer=tokenizer, data=data,
-                    vocab_size=vocab, out_dir=Path(out_dir) / role)
-        students[role] = student
+        run()
         echo(f"{role} student: {time.perf_counter() - t0:.0f} s")
-    rows = lm_runs.compare_lm({"teacher": teacher_model, **students}, live,
-                              LMBatches(data.val, cfg.data.eval_batch_size), vocab, reference=reference)
-    import json
-
-    from kdistill.checkpoint import atomic_write_text
-
-    atomic_write_text(Path(out_dir) / "comparison.json", json.dumps(
-        {"split": "held-out", "dataset": dataset, "train_target_tokens": data.train.target_tokens(),
-         "epochs": epochs, "top_k": top_k, "seconds": time.perf_counter() - t_start, "models": rows},
-        indent=2))
+    rows = evaluate_run(cfg, data)
+    echo(f"llm demo: {time.perf_counter() - t_start:.0f} s in all")
     return rows

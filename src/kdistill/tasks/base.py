@@ -1,4 +1,5 @@
-"""The task interface the engine trains through."""
+"""The task interface the engine trains through: how a batch becomes model outputs, the logit
+loss of this kind of model, the loss's unit count, and held-out metrics."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import torch
 from torch import nn
 
 from kdistill.errors import TrainingError
+from kdistill.outputs import Outputs
 
 
 class Task(ABC):
     @abstractmethod
-    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """The student's logits for a batch."""
+    def forward(self, model: nn.Module, batch: dict) -> Outputs:
+        """The student's outputs for a batch (logits, and the intermediate outputs asked for)."""
 
     @abstractmethod
     def count(self, batch: dict) -> int:
@@ -21,26 +23,23 @@ class Task(ABC):
         Known before any forward pass, so an optimizer step normalises by its global total."""
 
     @abstractmethod
-    def objective(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-                  batch: dict, hp: dict[str, float]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Summed (not averaged) loss over the batch's units, and each summed term."""
+    def logit_loss(self, student: Outputs, teacher_logits, batch: dict, *, temperature: float,
+                   soft_weight: float, hard_weight: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """soft_weight * soft term (none when ``teacher_logits`` is None) + hard_weight *
+        cross-entropy, summed (not averaged) over the batch's units, and each summed term."""
 
     def parallel_module(self, student: nn.Module) -> nn.Module:
         """What DistributedDataParallel wraps under torchrun: the student, or a view of it whose
         forward returns what ``forward`` needs (all of the student's parameters inside)."""
         return student
 
-    def schedules(self) -> dict:
-        """Extra scheduled values (e.g. the weights of task-specific loss terms) by name: the
-        engine evaluates them each step, logs them and passes them to ``objective`` in ``hp``."""
-        return {}
-
-    def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
+    def check_outputs(self, student: Outputs, teacher: Outputs) -> None:
         """Refuse, before training, teacher outputs that cannot be compared with the student's."""
-        if teacher_out.shape[-1] != student_out.shape[-1]:
+        s, t = student.logits, teacher.logits
+        if t is not None and t.shape[-1] != s.shape[-1]:
             raise TrainingError(
-                f"class-count mismatch: the teacher predicts {teacher_out.shape[-1]} classes and the "
-                f"student {student_out.shape[-1]}; both must predict the same classes in the same order")
+                f"class-count mismatch: the teacher predicts {t.shape[-1]} classes and the "
+                f"student {s.shape[-1]}; both must predict the same classes in the same order")
 
     @abstractmethod
     def evaluate(self, model: nn.Module, batches) -> dict[str, float]:

@@ -20,6 +20,7 @@ from kdistill.data.lm_text import IGNORE
 from kdistill.errors import TrainingError
 from kdistill.losses.token import TokenLossSpec, chunked_weighted_loss, default_chunk_tokens, token_divergence
 from kdistill.losses.topk import TopKLogits
+from kdistill.outputs import Outputs
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import to_logits
 
@@ -93,53 +94,54 @@ class CausalLMTask(Task):
         self.vocab_size, self.divergence, self.jsd_beta, self.skew = vocab_size, divergence, jsd_beta, skew
         self.device, self.reference = torch.device(device), reference
         self.chunk_tokens = chunk_tokens or default_chunk_tokens(vocab_size, self.device)
-        self._head: nn.Linear | None = None
 
     def parallel_module(self, student: nn.Module) -> nn.Module:
         return FinalHidden(student) if output_head(student) is not None else student
 
-    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        """Final hidden states (N, H) at the selected positions when the output layer can be fused
-        with the loss (the common case), else the selected logits (N, V)."""
+    def forward(self, model: nn.Module, batch: dict) -> Outputs:
+        """Final hidden states (N, H) at the selected positions and the output layer, when that
+        layer can be fused with the loss (the common case); else the selected logits (N, V)."""
         inner = getattr(model, "module", None)  # DistributedDataParallel's wrapped module
-        self._head = output_head(inner.lm if isinstance(inner, FinalHidden) else model)
-        if self._head is None:
-            return selected_logits(model, batch, self.device, self.vocab_size)
-        return selected_hidden(model, batch, self.device)
+        head = output_head(inner.lm if isinstance(inner, FinalHidden) else model)
+        if head is None:
+            return Outputs(selected_logits(model, batch, self.device, self.vocab_size))
+        return Outputs(pre_head=selected_hidden(model, batch, self.device), head=head)
 
     def count(self, batch: dict) -> int:
         return int(target_mask(batch).sum())
 
-    def check_outputs(self, student_out: torch.Tensor, teacher_out) -> None:
+    def check_outputs(self, student: Outputs, teacher: Outputs) -> None:
+        teacher_out = teacher.logits
         topk = isinstance(teacher_out, TopKLogits)
         rows = teacher_out.indices.shape[0] if topk else teacher_out.shape[0]
-        if rows != student_out.shape[0]:
+        if rows != student.rows:
             raise TrainingError(f"the teacher scored {rows} target tokens and the student "
-                                f"{student_out.shape[0]}: both must see the same batch and masks")
+                                f"{student.rows}: both must see the same batch and masks")
         if not topk and teacher_out.shape[-1] != self.vocab_size:
             raise TrainingError(f"the teacher gives {teacher_out.shape[-1]} logits per token, the "
                                 f"aligned vocabulary has {self.vocab_size}: align with check_vocabularies")
 
-    def objective(self, student_out, teacher_out, batch, hp):
-        spec = TokenLossSpec(kind=self.divergence, temperature=hp["temperature"], beta=self.jsd_beta,
-                             skew=self.skew, divergence=teacher_out is not None and hp["soft_weight"] != 0,
-                             cross_entropy=hp["hard_weight"] != 0)
-        teacher, indices = teacher_out, None
-        if isinstance(teacher_out, TopKLogits):  # a compressed teacher
-            if hp["temperature"] != 1.0:
+    def logit_loss(self, student, teacher_logits, batch, *, temperature, soft_weight, hard_weight):
+        spec = TokenLossSpec(kind=self.divergence, temperature=temperature, beta=self.jsd_beta,
+                             skew=self.skew, divergence=teacher_logits is not None and soft_weight != 0,
+                             cross_entropy=hard_weight != 0)
+        teacher, indices = teacher_logits, None
+        if isinstance(teacher_logits, TopKLogits):  # a compressed teacher
+            if temperature != 1.0:
                 raise TrainingError("a top-k teacher cache holds temperature-1 probabilities: set "
                                     "loss.temperature: 1 or use a live teacher")
-            teacher, indices = teacher_out.values, teacher_out.indices
+            teacher, indices = teacher_logits.values, teacher_logits.indices
         labels = shifted_targets(batch).to(self.device)
         weight = bias = None
-        if self._head is not None:
-            weight = self._head.weight[: self.vocab_size]
-            bias = self._head.bias[: self.vocab_size] if self._head.bias is not None else None
+        if student.head is not None:
+            hidden = student.pre_head.float()
+            weight = student.head.weight[: self.vocab_size]
+            bias = student.head.bias[: self.vocab_size] if student.head.bias is not None else None
         else:
-            student_out = student_out[:, : self.vocab_size]
+            hidden = student.logits.float()[:, : self.vocab_size]
         total, soft, hard = chunked_weighted_loss(
-            student_out, teacher, labels, spec, soft_weight=hp["soft_weight"] if spec.divergence else 0.0,
-            hard_weight=hp["hard_weight"] if spec.cross_entropy else 0.0, weight=weight, bias=bias,
+            hidden, teacher, labels, spec, soft_weight=soft_weight if spec.divergence else 0.0,
+            hard_weight=hard_weight if spec.cross_entropy else 0.0, weight=weight, bias=bias,
             teacher_indices=indices, chunk_size=self.chunk_tokens)
         terms = {}
         if spec.divergence:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdistill.losses import kd_objective
+from kdistill.outputs import Outputs
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import to_logits
 
@@ -16,17 +17,16 @@ class ClassificationTask(Task):
         self.num_classes = num_classes
         self.device = torch.device(device)
 
-    def forward(self, model: nn.Module, batch: dict) -> torch.Tensor:
-        return to_logits(model(batch["inputs"].to(self.device, non_blocking=True)))
+    def forward(self, model: nn.Module, batch: dict) -> Outputs:
+        return Outputs(to_logits(model(batch["inputs"].to(self.device, non_blocking=True))))
 
     def count(self, batch: dict) -> int:
         return int(batch["labels"].shape[0])
 
-    def objective(self, student_logits, teacher_logits, batch, hp):
+    def logit_loss(self, student, teacher_logits, batch, *, temperature, soft_weight, hard_weight):
         labels = batch["labels"].to(self.device, non_blocking=True)
-        return kd_objective(student_logits, teacher_logits, labels,
-                            temperature=hp["temperature"], soft_weight=hp["soft_weight"],
-                            hard_weight=hp["hard_weight"], reduction="sum")
+        return kd_objective(student.logits.float(), teacher_logits, labels, temperature=temperature,
+                            soft_weight=soft_weight, hard_weight=hard_weight, reduction="sum")
 
     @torch.no_grad()
     def predict(self, model: nn.Module, batches) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,7 +35,7 @@ class ClassificationTask(Task):
         model.eval()
         logits, labels = [], []
         for batch in batches:
-            logits.append(self.forward(model, batch).float().cpu())
+            logits.append(self.forward(model, batch).logits.float().cpu())
             labels.append(batch["labels"])
         model.train(was_training)
         return torch.cat(logits), torch.cat(labels)

@@ -7,6 +7,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from kdistill.errors import ModelError
+from kdistill.outputs import Outputs
 
 
 def to_logits(output) -> torch.Tensor:
@@ -33,6 +34,11 @@ class TeacherSource(ABC):
     @abstractmethod
     def logits(self, batch: dict) -> torch.Tensor:
         """Teacher logits aligned with the batch's samples."""
+
+    def outputs(self, batch: dict) -> Outputs:
+        """Everything the run's method reads from the teacher for a batch (sources that can give
+        intermediate layers override this); the engine calls it once per micro-batch."""
+        return Outputs(self.logits(batch))
 
     def describe(self) -> dict:
         """What identifies this teacher (logged and recorded with caches)."""

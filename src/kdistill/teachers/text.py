@@ -7,11 +7,9 @@ import torch
 from torch import nn
 
 from kdistill.models.text import encoder_of
+from kdistill.outputs import Outputs
 from kdistill.teachers.base import to_logits
 from kdistill.teachers.live import LiveTeacher
-
-OUTPUTS = "teacher_outputs"  # where a batch keeps its teacher outputs once computed
-
 
 def teacher_inputs(batch: dict) -> dict:
     """The teacher's own tokenization of the batch (never the student's)."""
@@ -36,12 +34,10 @@ class TextTeacher(LiveTeacher):
             encoder_of(model).set_attn_implementation("eager")  # only eager attention returns the maps
 
     def logits(self, batch: dict) -> torch.Tensor:
-        return self.outputs(batch)["logits"]
+        return self.outputs(batch).logits
 
     @torch.no_grad()  # not inference_mode: these tensors meet autograd-tracked student tensors
-    def outputs(self, batch: dict) -> dict:
-        if OUTPUTS in batch:
-            return batch[OUTPUTS]
+    def outputs(self, batch: dict) -> Outputs:
         inputs = teacher_inputs(batch)
         keys = [tuple(ids[:n]) for ids, n in zip(inputs["input_ids"].tolist(),
                                                  inputs["attention_mask"].sum(-1).tolist())]
@@ -50,8 +46,7 @@ class TextTeacher(LiveTeacher):
             out = self._run(inputs)
             if self.memo is not None:
                 self._remember(batch["index"].tolist(), keys, out)
-        batch[OUTPUTS] = out
-        return out
+        return Outputs(out["logits"], hidden=out["hidden"], attention=out["attention"])
 
     def _run(self, inputs: dict) -> dict:
         raw = self.forward(**{k: v.to(self.device) for k, v in inputs.items()},

@@ -1,0 +1,107 @@
+"""Sections every task shares: optimizer, training loop, logging, generation, the teacher."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from kdistill.config.base import Strict
+from kdistill.config.models import ModelSpec
+from kdistill.schedules import ScheduleSpec
+
+
+class OptimConfig(Strict):
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: ScheduleSpec = 0.1
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: Optional[float] = Field(None, gt=0)
+    max_norm: Optional[float] = Field(None, gt=0, description="cap each unit's incoming weight norm "
+                                      "after every step (dropout nets, Srivastava et al. 2014)")
+
+
+class LogConfig(Strict):
+    """Trackers beside the always-on metrics.jsonl (they need the `track` extra)."""
+
+    tensorboard: bool = Field(False, description="event files in <role dir>/tensorboard")
+    mlflow: bool = Field(False, description="runs in the sqlite store <output_dir>/mlflow.db")
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(10, gt=0)
+    grad_accum_steps: int = Field(1, gt=0)
+    device: str = "cpu"
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
+    deterministic: bool = True
+    output_dir: Path = Path("runs/run")
+    log_every_steps: int = Field(1, gt=0, description="JSONL metrics every N optimizer steps")
+    progress: bool = True
+    on_nonfinite: Literal["stop", "skip"] = "stop"
+    log: LogConfig = Field(default_factory=LogConfig)
+    max_steps: Optional[int] = Field(
+        None, gt=0, description="stop after this many optimizer steps (schedules span min(epochs, "
+        "max_steps)); a checkpoint is written there")
+    checkpoint_every_steps: Optional[int] = Field(
+        None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch (a checkpoint is "
+        "always written at each epoch's end and on SIGTERM / Ctrl-C)")
+
+
+class GenerateConfig(Strict):
+    """``kdistill generate``: the teacher answers ``prompts`` (JSONL with a prompt field, or a
+    text file with one prompt per line) into ``output`` (JSONL), resumably."""
+
+    prompts: Path
+    output: Path
+    max_new_tokens: int = Field(128, gt=0)
+    do_sample: bool = False
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    batch_size: int = Field(8, gt=0)
+    chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template if it has one")
+    limit: Optional[int] = Field(None, gt=0, description="answer only the first N prompts")
+
+
+class LiveTeacherConfig(Strict):
+    kind: Literal["live"] = "live"
+    model: ModelSpec
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    compile: bool = False
+    device: Optional[str] = Field(None, description="defaults to the student's device")
+    optim: Optional[OptimConfig] = Field(
+        None, description="--role teacher: the teacher's own optimizer (else the run's optim)")
+    epochs: Optional[int] = Field(
+        None, gt=0, description="--role teacher: the teacher's own epochs (else train.epochs)")
+
+
+class CacheTeacherConfig(Strict):
+    """Teacher outputs read from a cache on disk, written once by ``kdistill cache-teacher``."""
+
+    kind: Literal["cache"] = "cache"
+    path: Path = Field(..., description="the cache folder (written by `kdistill cache-teacher`)")
+    model: Optional[ModelSpec] = Field(None, description="the teacher that cache-teacher runs")
+    format: Literal["dense", "topk"] = Field("dense", description="topk: k classes + tail mass")
+    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="how outputs are stored")
+    k: Optional[int] = Field(None, gt=0, description="classes kept per sample when format is topk")
+    verify_checksum: bool = Field(True, description="hash the cache files before training")
+
+    @model_validator(mode="after")
+    def _k_with_topk(self):
+        if self.format == "topk" and self.k is None:
+            raise ValueError("format 'topk' needs k (the number of classes kept per sample)")
+        if self.format == "dense" and self.k is not None:
+            raise ValueError("k applies to format 'topk' only: remove k or set format: topk")
+        return self
+
+
+def _teacher_kind(value) -> str:
+    """A teacher section without ``kind`` is a live teacher (as before caches existed)."""
+    return value.get("kind", "live") if isinstance(value, dict) else getattr(value, "kind", "live")
+
+
+TeacherConfig = Annotated[
+    Union[Annotated[LiveTeacherConfig, Tag("live")], Annotated[CacheTeacherConfig, Tag("cache")]],
+    Discriminator(_teacher_kind),
+]
