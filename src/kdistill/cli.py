@@ -138,7 +138,7 @@ def distill(config: Path = CONFIG,
 @app.command("cache-teacher")
 def cache_teacher(config: Path = CONFIG, output_dir: Optional[Path] = typer.Option(None)) -> None:
     """Run the teacher once over the training split and write its outputs to teacher.path."""
-    from kdistill.teachers.cache import cache_teacher as write
+    from kdistill.runs import cache_teacher as write
 
     cached = write(_load(config, output_dir))
     typer.echo(f"wrote {cached.path}: {cached.rows} samples, {cached.format} {cached.dtype}"

@@ -243,18 +243,14 @@ def _cache_config(cfg):
     return cfg.teacher
 
 
-def cache_teacher(cfg, data=None) -> CachedTeacher:
-    """Write the cache that ``cfg.teacher`` (kind ``cache``) names, running ``cfg.teacher.model``."""
-    from kdistill.data import build_data
-    from kdistill.runs.recipes import recipe_for
+def cache_teacher(cfg, data, model) -> CachedTeacher:
+    """Write the cache that ``cfg.teacher`` (kind ``cache``) names, running ``model`` (the
+    config's teacher.model, built by the run's recipe) over ``data``'s training split."""
     from kdistill.teachers.live import LiveTeacher
 
     t = _cache_config(cfg)
-    if t.model is None:
-        raise ConfigError("teacher.model is not set: cache-teacher needs the teacher to run")
     _refuse_augmentation(cfg)
-    data = data or build_data(cfg.data)
-    live = LiveTeacher(recipe_for(cfg).teacher_model(cfg, data), num_outputs=data.num_classes, device=cfg.train.device)
+    live = LiveTeacher(model, num_outputs=data.num_classes, device=cfg.train.device)
     expected = _expected(cfg, data)
     write_cache(live, data.train, t.path, format=t.format, dtype=t.dtype, k=t.k,
                 batch_size=cfg.data.eval_batch_size, dataset=data.identity,
