@@ -1,6 +1,6 @@
 """Edge deployment: ONNX export, int8 quantization, and the proof that nothing was lost.
 
-    from kdistill.export import export_model, export_run
+    from kdistill.export import export_model
     # a run directory: kdistill.runs.export.export_run("runs/mnist-demo", quantize="int8")
     report = export_model(student, "out/", inputs=x_test, labels=y_test, teacher=teacher)
 
