@@ -52,6 +52,12 @@ class RunConfig(Strict):
             cls = task_class(fields.get("task", DEFAULT_TASK))
         return super().__new__(cls)
 
+    @classmethod
+    def model_validate(cls, obj, **kwargs):
+        if cls is RunConfig and isinstance(obj, dict):
+            return task_class(obj.get("task", DEFAULT_TASK)).model_validate(obj, **kwargs)
+        return super().model_validate(obj, **kwargs)
+
     @model_validator(mode="before")
     @classmethod
     def _dataset_fits_task(cls, raw):
