@@ -19,6 +19,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
                       model_validator)
 
+from kdistill import validate
 from kdistill.errors import ConfigError
 from kdistill.schedules import ScheduleSpec, as_schedule
 
@@ -187,6 +188,7 @@ class HFSpec(_ModelBase):
         None, description="teacher layers (1-based) copied into student layers 1..n; default every "
                           "other layer when widths match")
     trust_remote_code: bool = False
+    _no_code = field_validator("config")(validate.check_model_config)
 
     @model_validator(mode="after")
     def _one_source(self) -> "HFSpec":
@@ -227,6 +229,7 @@ class HFCausalLMSpec(_ModelBase):
     config: Optional[dict] = None
     revision: Optional[str] = None
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off unless asked)")
+    _no_code = field_validator("config")(validate.check_model_config)
 
     @model_validator(mode="after")
     def _one_origin(self) -> "HFCausalLMSpec":
@@ -411,15 +414,24 @@ class RunConfig(Strict):
                              "student and an hf teacher: set them to 0 otherwise")
         return self
 
+    @model_validator(mode="after")
+    def _nothing_ruins_training(self) -> "RunConfig":
+        """Numbers finite, learning rates > 0 and loss weights >= 0 over their schedules."""
+        validate.check_finite(self.model_dump())
+        validate.check_learning_rate(self.optim.lr, "optim.lr")
+        if getattr(self.teacher, "optim", None) is not None:
+            validate.check_learning_rate(self.teacher.optim.lr, "teacher.optim.lr")
+        loss = self.loss
+        validate.check_loss_weights({"soft_weight": loss.soft_weight, "hard_weight": loss.hard_weight,
+                                     "hidden_weight": loss.hidden_weight,
+                                     "attention_weight": loss.attention_weight},
+                                    need_active=self.teacher is not None)
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raw = validate.read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields at the top level")
         return cls.parse(raw, source=str(path))
@@ -468,10 +480,10 @@ def format_validation_error(exc: ValidationError, source: str, raw=None) -> str:
     lines = []
     for err in exc.errors():
         loc = _user_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")), raw)
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the config reference in README.md)"
         given = err.get("input")
         shown = "" if isinstance(given, dict) or err["type"] == "missing" else f" (got {given!r})"
-        lines.append(f"{source}: {loc}: {msg}{shown}")
+        lines.append(f"{source}: {loc}: {msg}{shown}" if loc else f"{source}: {msg}")
     return "; ".join(lines)

@@ -27,6 +27,7 @@ from kdistill.evaluate import ModelReport, aggregate_rows, compare, rows_as_dict
 from kdistill.models import build_model, count_parameters, load_weights
 from kdistill.tasks import ClassificationTask
 from kdistill.teachers import LiveTeacher, TeacherSource, cache_teacher, open_cache
+from kdistill.validate import require_teacher
 
 STUDENT_WEIGHTS = "model.safetensors"
 COMPARISON = "comparison.json"
@@ -161,6 +162,8 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
             student: nn.Module | None = None, data: DataSplits | None = None,
             resume: bool = False, out_dir: Path | None = None) -> RunResult:
     """Distil the teacher (config's, or a given module / source) into the student."""
+    if teacher is None:
+        require_teacher(cfg)
     if cfg.task == "text_classification":
         from kdistill import runs_text
 
