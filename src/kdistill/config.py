@@ -21,6 +21,7 @@ from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, Validati
 
 from kdistill import validate
 from kdistill.errors import ConfigError
+from kdistill.guard import DivergenceGuardConfig
 from kdistill.schedules import ScheduleSpec, as_schedule
 
 
@@ -353,6 +354,9 @@ class TrainConfig(Strict):
     checkpoint_every_steps: Optional[int] = Field(
         None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch (a checkpoint is "
         "always written at each epoch's end and on SIGTERM / Ctrl-C)")
+    divergence_guard: DivergenceGuardConfig = Field(
+        default_factory=DivergenceGuardConfig, description="stop a finite run whose loss climbs far "
+        "above its start or whose validation accuracy stays at chance (see guard.py)")
 
 
 class GenerateConfig(Strict):

@@ -82,7 +82,12 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types; nothing is unpickled
+            raise ModelError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:200]}): "
+                             "it is damaged, truncated or another format; re-save the weights with "
+                             "safetensors.torch.save_file") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,8 +98,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
             ) from None
         if isinstance(state, dict) and "student" in state and isinstance(state["student"], dict):
             state = state["student"]  # a kdistill checkpoint
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors): save "
+                         "model.state_dict() with safetensors or torch.save")
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:
