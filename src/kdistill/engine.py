@@ -193,7 +193,8 @@ class Engine:
         shown = f"samples {ids[:16]}{'...' if len(ids) > 16 else ''}" if ids else "no single sample"
         described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         rank = f", rank {self.dist.rank}" if self.dist.world_size > 1 else ""
-        source = f"non-finite {kind}" if kind != "loss" else "finite outputs"
+        source = ("finite outputs" if kind == "loss" else
+                  f"non-finite {kind}{' outputs' if kind in ('student', 'teacher') else ''}")
         return (f"non-finite loss at {where}{rank}, micro-batch {i}, {shown}: {source}): "
                 f"loss={float(loss.detach())}, {described}; {nonfinite_advice(kind, self._lr_hint())}")
 
