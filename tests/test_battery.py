@@ -78,6 +78,10 @@ CONFIG_MISTAKES = {
     # structure
     "unknown_key": ({"train": {"epoch": 3}}, ["train.epoch", "unknown key"]),
     "wrong_type": ({"train": {"epochs": "ten"}}, ["train.epochs"]),
+    "zero_width_layer": ({"student": {"hidden": [0]}}, ["student.hidden.0"]),
+    "negative_width_layer": ({"teacher": {"model": {"hidden": [-4]}}}, ["teacher.model.hidden.0"]),
+    "seed_overflow": ({"seed": 2**70}, ["seed"]),
+    "teacher_weights_folder": ({"teacher": {"model": {"weights": "{dir}"}}}, ["is a folder"]),
     "unknown_arch": ({"student": {"arch": "transformer9000"}}, ["student"]),
     "unknown_guard_knob": ({"train": {"divergence_guard": {"factor": 3}}}, ["train.divergence_guard.factor"]),
     "distill_without_teacher": ({"teacher": DELETE}, ["needs a teacher"]),
@@ -138,6 +142,7 @@ FILES = {
     "duplicate_top_key": ("name: a\ntrain: {epochs: 1}\ntrain: {epochs: 2}\n", ["duplicate key 'train'", "line 3"]),
     "duplicate_deep_key": ("loss:\n  temperature:\n    kind: linear\n    start: 4\n    start: 8\n    end: 1\n",
                            ["duplicate key 'start'", "line 5", "first on line 4"]),
+    "duplicate_flow_key": ("train: {epochs: 1, epochs: 2}\n", ["duplicate key 'epochs'", "line 1"]),
     "syntax_error": ("train: [1, 2\n", ["not valid YAML", "line"]),
     "tab_indent": ("train:\n\tepochs: 1\n", ["not valid YAML"]),
     "python_tag": (f"name: !!python/object/apply:os.system ['touch {MARKER}']\n", ["not valid YAML"]),

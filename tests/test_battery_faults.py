@@ -192,6 +192,16 @@ def test_nan_input_names_the_sample_and_blames_the_data(files, tmp_path):
     assert res.code == 0, res.err
 
 
+def test_nan_teacher_weights_blame_the_teacher(files, tmp_path):
+    from safetensors.torch import save_file
+
+    state = load_file(str(files["teacher"]))
+    state["net.1.weight"][0, 0] = float("nan")
+    save_file(state, str(files["teacher"]))
+    line = assert_error(invoke("distill", _config(files, tmp_path), "--no-evaluate"), "teacher outputs")
+    assert "lower the learning rate" not in line
+
+
 @pytest.mark.parametrize("lr", [1e6, 1e4])
 def test_huge_learning_rate_stops_and_saves_nothing(files, tmp_path, lr):
     line = assert_error(invoke("train", _config(files, tmp_path, optim={"lr": lr})), "optim.lr")

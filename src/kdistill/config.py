@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, PositiveInt, Tag, ValidationError,
+                      field_validator, model_validator)
 
 from kdistill import validate
 from kdistill.errors import ConfigError
@@ -139,14 +139,14 @@ class _ModelBase(Strict):
 
 class MLPSpec(_ModelBase):
     arch: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [800, 800])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [800, 800])
     dropout: float = Field(0.0, ge=0, lt=1)
     input_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class CNNSpec(_ModelBase):
     arch: Literal["cnn"] = "cnn"
-    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)
     hidden: int = Field(128, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -211,7 +211,7 @@ class TextCNNSpec(_ModelBase):
     tokenizer: str = Field(description="a tokenizer folder, a WordPiece vocab.txt, or a bundled name")
     embed_dim: int = Field(128, gt=0)
     channels: int = Field(128, gt=0, description="filters per kernel size")
-    kernel_sizes: list[int] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
+    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     init_from_teacher: bool = Field(False, description="initialise the embeddings with the teacher's, "
                                                        "PCA-projected to embed_dim (same tokenizer)")
@@ -376,7 +376,7 @@ class GenerateConfig(Strict):
 
 class RunConfig(Strict):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), lt=2**63, description="a 64-bit integer")
     task: Literal["classification", "text_classification", "causal_lm"] = "classification"
     data: AnyDataConfig = Field(default_factory=DataConfig)
     student: ModelSpec = Field(default_factory=MLPSpec)

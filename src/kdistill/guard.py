@@ -124,7 +124,10 @@ def nonfinite_culprits(batch: dict, student_out, teacher_out) -> tuple[str, list
     for key, value in batch.items():
         if key not in ("labels", "index") and (rows := _bad_rows(value)):
             return f"input '{key}'", rows
-    teacher = getattr(teacher_out, "values", teacher_out)  # a top-k cache: its log-probabilities
+    import torch
+
+    # a top-k cache: its log-probabilities (a tensor's own .values is a method)
+    teacher = teacher_out if isinstance(teacher_out, torch.Tensor) else getattr(teacher_out, "values", None)
     if rows := _bad_rows(teacher, allow_neg_inf=True):
         return "teacher", rows
     if rows := _bad_rows(student_out):

@@ -34,10 +34,11 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     continue  # `<<: *anchor` merges may be overridden by explicit keys
                 key = self.construct_object(key_node, deep=True)
                 try:
-                    first = seen.setdefault(key, key_node.start_mark.line + 1)
+                    first = seen.get(key)
+                    seen.setdefault(key, key_node.start_mark.line + 1)
                 except TypeError:
                     continue  # an unhashable key: construct_mapping reports it
-                if first != key_node.start_mark.line + 1:
+                if first is not None:
                     raise yaml.constructor.ConstructorError(
                         None, None, f"duplicate key {key!r} (first on line {first}): keep one of them", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)

@@ -77,6 +77,8 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     """Load a state dict from safetensors, or from a torch file with ``weights_only=True``
     (pickled code in a weights file is refused, never run)."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"weights file {path} is a folder: give the .safetensors (or torch) file in it")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
