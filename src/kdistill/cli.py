@@ -12,9 +12,12 @@ import typer
 
 from kdistill.config import RunConfig
 from kdistill.errors import ConfigError, KDistillError, RunInterrupted
+from kdistill.validate import check_environment
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Knowledge distillation: soft targets, schedules, one engine, and the proof.")
+                  help="Knowledge distillation: soft targets, schedules, one engine, and the proof.",
+                  epilog="Mistakes print one line and exit 2; add --debug (or set KDISTILL_DEBUG=1) "
+                         "for the traceback.")
 
 CONFIG = typer.Argument(..., help="run config (YAML)", exists=False)
 NPROC = typer.Option(1, "--nproc", min=1, help="data-parallel processes on this machine: "
@@ -38,6 +41,7 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
     cfg = RunConfig.from_yaml(config)
     if output_dir is not None:
         cfg.train.output_dir = output_dir
+    check_environment(cfg)  # devices and the output folder, before any data or model is built
     return cfg
 
 
@@ -203,22 +207,83 @@ def generate(config: Path = CONFIG) -> None:
     typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
 
 
-def main() -> None:
-    """Entry point: user errors print one line and exit 2, not a traceback."""
+DEBUG_ENV = "KDISTILL_DEBUG"
+
+
+def _click_modules() -> list:
+    """click's exception modules: typer raises its own vendored copy of click, not click."""
+    import click.exceptions
+
+    modules = [click.exceptions]
     try:
-        app(standalone_mode=False)
+        from typer._click import exceptions as vendored
+    except ImportError:  # older typer: plain click
+        return modules
+    return [*modules, vendored]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error_line(exc: OSError) -> str:
+    """A file-system fault (disk full, read-only, a file where a folder should be) as one line."""
+    import errno
+
+    where = exc.filename or "a file"
+    fixes = {errno.ENOSPC: "free some space or choose another --output-dir",
+             errno.EDQUOT: "free some space or choose another --output-dir",
+             errno.EROFS: "the file system is read-only: choose another --output-dir",
+             errno.EACCES: "check the permissions or choose another path",
+             errno.EPERM: "check the permissions or choose another path",
+             errno.ENOTDIR: "a file stands where a folder should be: move it or choose another path",
+             errno.EEXIST: "a file stands where a folder should be: move it or choose another path",
+             errno.EISDIR: "a folder stands where a file should be: give a file's path"}
+    return f"{where}: {exc.strerror or exc}; {fixes.get(exc.errno, 'check the path and try again')}"
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    """Entry point: a user's mistake prints one line (``error: ...``) and exits 2; ``--debug``
+    (anywhere on the line) or KDISTILL_DEBUG=1 shows its traceback too. Internal bugs keep
+    their traceback and exit 1."""
+    import errno
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+
+    def fail(line: str, code: int = 2) -> None:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        typer.echo(f"error: {_one_line(line)}", err=True)
+        sys.exit(code)
+
+    modules = _click_modules()
+    click_error = tuple(m.ClickException for m in modules)
+    aborted = tuple(getattr(m, "Abort", typer.Abort) for m in modules) + (typer.Abort, KeyboardInterrupt)
+    try:
+        code = app(args=args, prog_name="kdistill", standalone_mode=False)
     except RunInterrupted as exc:
         typer.echo(f"stopped: {exc}", err=True)
         sys.exit(128 + exc.signum)
     except KDistillError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Abort:
+        fail(str(exc))
+    except aborted:
+        typer.echo("stopped: interrupted (nothing after the last checkpoint was kept)", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors carry their own exit codes
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except click_error as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `kdistill`: the help, as asked
+            typer.echo(exc.format_message())
+            sys.exit(0)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        fail(f"{exc.format_message()}{hint}", exc.exit_code if exc.exit_code != 1 else 2)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                         errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENOENT):
+            fail(_os_error_line(exc))
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -26,10 +26,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kdistill import distributed
-from kdistill.checkpoint import load_checkpoint, save_checkpoint
+from kdistill.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
 from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
 from kdistill.evaluate import entropy_sum
+from kdistill.guard import DivergenceGuard, nonfinite_advice, nonfinite_culprits
+from kdistill.lock import RunLock
 from kdistill.losses.objectives import Objective, build_objective
 from kdistill.schedules import as_schedule
 from kdistill.tasks.base import Task
@@ -39,8 +41,11 @@ from kdistill.tracking import StepLogger, open_loggers
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 # config fields a resumed run may change
+# config fields a resumed run may change (output_dir: a moved run folder resumes)
 RESUMABLE_CHANGES = ("train.epochs", "train.max_steps", "train.progress", "train.checkpoint_every_steps",
-                     "train.log")
+                     "train.log", "train.output_dir", "train.divergence_guard")
+CHECKPOINT_KEYS = ("student", "optimizer", "step", "epoch", "torch_rng", "history", "config_fingerprint")
+FLUSH_SECONDS = 1.0  # metrics.jsonl reaches the OS at least this often (and at every checkpoint)
 
 
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
@@ -97,6 +102,12 @@ class Engine:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.step, self.epoch, self.step_in_epoch = 0, 0, 0
         self.history: list[dict] = []
+        val_labels = getattr(getattr(val_batches, "split", None), "labels", None)
+        self.guard = DivergenceGuard(cfg.train.divergence_guard, val_labels, self._lr_hint())
+
+    def _lr_hint(self) -> str:
+        lr = self.cfg.optim.lr
+        return f"optim.lr is {lr if isinstance(lr, (int, float)) else lr.model_dump()}"
 
     # ------------------------------------------------------------------ schedules
     def hparams(self, step: int) -> dict[str, float]:
@@ -152,7 +163,8 @@ class Engine:
                                                                  max_elements=2**20)}
             loss_value = float(loss.detach())  # one read serves the finiteness check and the log
             if first_bad is None and not math.isfinite(loss_value):
-                first_bad = (i, batch, loss, terms)
+                per_row = student.logits if student.logits is not None else student.pre_head
+                first_bad = (i, batch, loss, terms, per_row.detach(), teacher.logits if teacher else None)
             sums["loss"] = sums.get("loss", 0.0) + loss_value
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -174,19 +186,30 @@ class Engine:
         if bad is None:
             return (f"non-finite loss at {where}) on another rank: see its message; lower the "
                     "learning rate or set train.on_nonfinite: skip")
-        i, batch, loss, terms = bad
+        i, batch, loss, terms, student_out, teacher_out = bad
+        kind, rows = nonfinite_culprits(batch, student_out, teacher_out)
+        index = batch.get("index")
+        per_sample = isinstance(index, torch.Tensor) and student_out.shape[0] == index.shape[0]
+        ids = [int(index[r]) for r in rows] if per_sample or kind.startswith("input") else rows
+        shown = f"samples {ids[:16]}{'...' if len(ids) > 16 else ''}" if ids else "no single sample"
         described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
         rank = f", rank {self.dist.rank}" if self.dist.world_size > 1 else ""
-        return (f"non-finite loss at {where}{rank}, micro-batch {i}, samples "
-                f"{batch['index'][:8].tolist()}...): loss={float(loss.detach())}, {described}; "
-                "lower the learning rate or set train.on_nonfinite: skip")
+        source = ("finite outputs" if kind == "loss" else
+                  f"non-finite {kind}{' outputs' if kind in ('student', 'teacher') else ''}")
+        return (f"non-finite loss at {where}{rank}, micro-batch {i}, {shown}: {source}): "
+                f"loss={float(loss.detach())}, {described}; {nonfinite_advice(kind, self._lr_hint())}")
 
     def fit(self, resume: bool = False) -> list[dict]:
         """Train to the configured number of epochs; returns per-epoch evaluation records.
         Every step and epoch record goes to metrics.jsonl and to each logger (``self.loggers``
         and the trackers ``train.log`` turns on; rank 0 only), which are closed however the run
         ends. SIGTERM or Ctrl-C stops it after the current step with a checkpoint (RunInterrupted)."""
-        active = [*open_loggers(self.cfg, self.out_dir), *self.loggers] if self.dist.is_main else []
+        main = self.dist.is_main
+        with RunLock(self.cfg.train.output_dir if main else None):  # one run per output folder
+            active = [*open_loggers(self.cfg, self.out_dir), *self.loggers] if main else []
+            return self._fit_logged(resume, active)
+
+    def _fit_logged(self, resume: bool, active: list[StepLogger]) -> list[dict]:
         failed = True
         try:
             with distributed.GracefulStop() as self.stop:
@@ -223,7 +246,7 @@ class Engine:
                        desc=f"epoch {epoch + 1}/{self.cfg.train.epochs}",
                        disable=None if (self.cfg.train.progress and main) else True,  # None: off when not a TTY
                        leave=False, dynamic_ncols=True, mininterval=0.5)
-            t0 = time.perf_counter()
+            t0 = flushed = time.perf_counter()
             with open(metrics, "a") as log:
                 for group in bar:
                     hp = self.hparams(self.step)
@@ -235,6 +258,10 @@ class Engine:
                         log.write(json.dumps(record) + "\n")
                         for logger in loggers:
                             logger.log_step(record)
+                        if time.perf_counter() - flushed > FLUSH_SECONDS:  # a kill loses ~1 s of log
+                            log.flush()
+                            flushed = time.perf_counter()
+                    self.guard.observe_step(record["step"], epoch, terms["loss"] if terms else None)
                     if terms and self.step % 20 == 0:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                          if k in ("loss", "soft", "hard", "temperature")})
@@ -261,6 +288,9 @@ class Engine:
                 log.write(json.dumps({"eval": summary}) + "\n")
             for logger in loggers:
                 logger.log_eval(summary)
+            verdict = self.guard.verdict(self.epoch, summary) if main else None
+            if self.dist.any(verdict is not None):  # rank 0 evaluates; every rank stops
+                raise TrainingError(verdict or "validation is at chance on rank 0: see its message")
             if self.cfg.train.progress and main:
                 tqdm.write("  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                      for k, v in summary.items()))
@@ -287,6 +317,7 @@ class Engine:
             "hparams": self.hparams(self.step),
             "history": json.dumps(self.history),
             "config_fingerprint": self.cfg.fingerprint(exclude=RESUMABLE_CHANGES),
+            "guard": json.dumps(self.guard.state()),
         }
 
     def _save(self) -> None:
@@ -295,7 +326,7 @@ class Engine:
             save_checkpoint(self.out_dir / CHECKPOINT, self._state(rng_states))
 
     def _restore(self) -> None:
-        state = load_checkpoint(self.out_dir / CHECKPOINT)
+        state = load_checkpoint(self.out_dir / CHECKPOINT, required=CHECKPOINT_KEYS)
         if state["config_fingerprint"] != self.cfg.fingerprint(exclude=RESUMABLE_CHANGES):
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by a different config; "
                                   "resume with the same config (only train.epochs, train.progress and "
@@ -304,8 +335,13 @@ class Engine:
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by {state.get('world_size', 1)} "
                                   f"process(es), this run has {self.dist.world_size}: resume with "
                                   f"--nproc {state.get('world_size', 1)} (the data shards depend on it)")
-        self.student.load_state_dict(state["student"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.student.load_state_dict(state["student"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"{self.out_dir / CHECKPOINT} does not fit this run's model: "
+                                  f"{' '.join(str(exc).split())[:300]}; drop --resume to start afresh") from None
+        self.guard.load_state(json.loads(state.get("guard", "{}")))
         self.step, self.epoch = state["step"], state["epoch"]
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.history = json.loads(state["history"])
@@ -314,7 +350,20 @@ class Engine:
         # keep the log consistent with the checkpoint: drop steps logged after it was written
         path = self.out_dir / METRICS
         if path.exists() and self.dist.is_main:
-            kept = [line for line in path.read_text().splitlines()
-                    if line and json.loads(line).get("step", -1) < self.step
-                    and json.loads(line).get("eval", {}).get("epoch", 0) <= self.epoch]
-            path.write_text("".join(line + "\n" for line in kept))
+            kept = [line for line, record in _records(path) if record.get("step", -1) < self.step
+                    and record.get("eval", {}).get("epoch", 0) <= self.epoch]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+
+
+def _records(path: Path) -> list[tuple[str, dict]]:
+    """(line, record) of each whole JSON object in a metrics log. A line a kill tore in half
+    (or any undecodable line) is dropped: the steps after the checkpoint are re-run anyway."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            out.append((line, record))
+    return out

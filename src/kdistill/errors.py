@@ -25,6 +25,10 @@ class TrainingError(KDistillError):
     pass
 
 
+class OutputError(KDistillError):
+    """A file of the run cannot be written: disk full, read-only, a file where a folder should be."""
+
+
 class ReportError(KDistillError):
     pass
 

@@ -21,6 +21,7 @@ from typing import ClassVar, Literal, Optional, get_args
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from kdistill import validate
 from kdistill.config.base import Strict, format_validation_error
 from kdistill.config.data import DataConfig, LMDataConfig, TextDataConfig
 from kdistill.config.losses import KDLoss, LMLoss, TextKDLoss
@@ -38,7 +39,7 @@ class RunConfig(Strict):
     """The sections every task shares; ``RunConfig(**fields)`` builds the class of ``task``."""
 
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), lt=2**63, description="a 64-bit integer")
     teacher: Optional[TeacherConfig] = None
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -82,15 +83,23 @@ class RunConfig(Strict):
                              f"arch {' or '.join(self.archs)}")
         return self
 
+    @model_validator(mode="after")
+    def _nothing_ruins_training(self):
+        """Numbers finite, learning rates > 0 and loss weights >= 0 over their schedules."""
+        if type(self) is RunConfig:
+            return self
+        validate.check_finite(self.model_dump())
+        validate.check_learning_rate(self.optim.lr, "optim.lr")
+        if getattr(self.teacher, "optim", None) is not None:
+            validate.check_learning_rate(self.teacher.optim.lr, "teacher.optim.lr")
+        weights = {k: v for k, v in self.loss if k.endswith("_weight")}
+        validate.check_loss_weights(weights, need_active=self.teacher is not None)
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from None
+        raw = validate.read_yaml(path)
         if not isinstance(raw, dict):
             raise ConfigError(f"{path} must hold a mapping of config fields at the top level")
         return cls.parse(raw, source=str(path))

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, field_validator, model_validator
+
+from kdistill import validate
 
 from kdistill.config.base import Strict
 
@@ -18,14 +20,14 @@ class _ModelBase(Strict):
 
 class MLPSpec(_ModelBase):
     arch: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field(default_factory=lambda: [800, 800])
+    hidden: list[PositiveInt] = Field(default_factory=lambda: [800, 800])
     dropout: float = Field(0.0, ge=0, lt=1)
     input_dropout: float = Field(0.0, ge=0, lt=1)
 
 
 class CNNSpec(_ModelBase):
     arch: Literal["cnn"] = "cnn"
-    channels: list[int] = Field(default_factory=lambda: [32, 64], min_length=1)
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 64], min_length=1)
     hidden: int = Field(128, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -68,6 +70,7 @@ class HFSpec(_ModelBase):
         None, description="teacher layers (1-based) copied into student layers 1..n; default every "
                           "other layer when widths match")
     trust_remote_code: bool = False
+    _no_code = field_validator("config")(validate.check_model_config)
 
     @model_validator(mode="after")
     def _one_source(self) -> "HFSpec":
@@ -89,7 +92,7 @@ class TextCNNSpec(_ModelBase):
     tokenizer: str = Field(description="a tokenizer folder, a WordPiece vocab.txt, or a bundled name")
     embed_dim: int = Field(128, gt=0)
     channels: int = Field(128, gt=0, description="filters per kernel size")
-    kernel_sizes: list[int] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
+    kernel_sizes: list[PositiveInt] = Field(default_factory=lambda: [3, 4, 5], min_length=1)
     dropout: float = Field(0.3, ge=0, lt=1)
     init_from_teacher: bool = Field(False, description="initialise the embeddings with the teacher's, "
                                                        "PCA-projected to embed_dim (same tokenizer)")
@@ -108,6 +111,7 @@ class HFCausalLMSpec(_ModelBase):
     config: Optional[dict] = None
     revision: Optional[str] = None
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off unless asked)")
+    _no_code = field_validator("config")(validate.check_model_config)
 
     @model_validator(mode="after")
     def _one_origin(self) -> "HFCausalLMSpec":

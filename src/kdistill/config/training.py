@@ -9,6 +9,7 @@ from pydantic import Discriminator, Field, Tag, model_validator
 
 from kdistill.config.base import Strict
 from kdistill.config.models import ModelSpec
+from kdistill.guard import DivergenceGuardConfig
 from kdistill.schedules import ScheduleSpec
 
 
@@ -47,6 +48,9 @@ class TrainConfig(Strict):
     checkpoint_every_steps: Optional[int] = Field(
         None, gt=0, description="also checkpoint every N optimizer steps, mid-epoch (a checkpoint is "
         "always written at each epoch's end and on SIGTERM / Ctrl-C)")
+    divergence_guard: DivergenceGuardConfig = Field(
+        default_factory=DivergenceGuardConfig, description="stop a finite run whose loss climbs far "
+        "above its start or whose validation accuracy stays at chance (see guard.py)")
 
 
 class GenerateConfig(Strict):

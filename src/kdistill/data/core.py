@@ -46,6 +46,9 @@ class DataSplits:
     identity: str = ""  # names the data for teacher caches: dataset, split sizes, transform
 
     def __post_init__(self) -> None:
+        from kdistill.validate import check_split_shapes
+
+        check_split_shapes(self.input_shape, (self.train, self.val, self.test), self.identity or "data")
         for split in (self.train, self.val, self.test):
             if split is None or len(split) == 0:
                 continue

@@ -17,6 +17,7 @@ import torch
 
 from kdistill.data.core import DataSplits, Split
 from kdistill.errors import DataError
+from kdistill.validate import check_split_shapes
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -135,6 +136,7 @@ def splits_from_tensors(t: dict[str, torch.Tensor], source: str = "tensors", val
         train = Split(train.inputs[:cut], train.labels[:cut], "train")
     else:
         val = None
+    check_split_shapes(tuple(train.inputs.shape[1:]), (train, val, test), source)
     classes = num_classes or int(max(train.labels.max(), test.labels.max())) + 1
     return DataSplits(train, val, test, num_classes=classes, input_shape=tuple(train.inputs.shape[1:]))
 

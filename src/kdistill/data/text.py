@@ -12,7 +12,9 @@ from __future__ import annotations
 import bz2
 import csv
 import json
+import os
 import random
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -186,6 +188,24 @@ def _split_off(texts: list[str], labels: list[str], fraction: float, seed: int):
     return pick(kept), pick(out)
 
 
+def infer_classes(labels: list[str], source: str) -> list[str]:
+    """The class set from the training labels (sorted, numbers numerically), printed with their
+    counts. A label seen once is refused: it is far more often a typo than a class."""
+    counts = Counter(labels)
+    single = [c for c, n in counts.items() if n == 1]
+    if single and len(counts) > 1:
+        row = labels.index(single[0])
+        raise DataError(f"{source}: training label {single[0]!r} (row {row}) occurs only once"
+                        f"{f' (as do {len(single) - 1} more)' if len(single) > 1 else ''}: a typo "
+                        "of another label? fix it, or list every class in data.classes to keep it")
+    numeric = lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c)  # 2 before 10
+    classes = sorted(counts, key=numeric)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"classes from the training labels of {source}: "
+              + ", ".join(f"{c} ({counts[c]})" for c in classes) + " (data.classes fixes the set)")
+    return classes
+
+
 def build_text_data(cfg) -> TextSplits:
     """Train / val / test texts and class indices from a ``TextDataConfig``."""
     named: dict[str, tuple[list[str], list[str]]] = {}
@@ -208,6 +228,7 @@ def build_text_data(cfg) -> TextSplits:
         if "train" not in named:
             raise DataError(f"dataset {cfg.path} has no 'train' split")
     train = named["train"]
+    inferred = None if cfg.classes else infer_classes(train[1], cfg.path or cfg.dataset)
     if "test" not in named:
         train, named["test"] = _split_off(*train, cfg.test_fraction, cfg.split_seed)
         if not named["test"][0]:
@@ -217,8 +238,7 @@ def build_text_data(cfg) -> TextSplits:
                                          cfg.split_seed + 1)
     named["train"] = train
 
-    numeric = lambda c: (0, int(c), c) if c.lstrip("-").isdigit() else (1, 0, c)  # 2 before 10
-    classes = list(cfg.classes) if cfg.classes else sorted(set(train[1]), key=numeric)
+    classes = list(cfg.classes) if cfg.classes else inferred
     if len(classes) < 2:
         raise DataError(f"the training labels hold {len(classes)} class ({classes}): classification "
                         "needs at least 2; check data.label_column")

@@ -77,12 +77,19 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
     """Load a state dict from safetensors, or from a torch file with ``weights_only=True``
     (pickled code in a weights file is refused, never run)."""
     path = Path(path)
+    if path.is_dir():
+        raise ModelError(f"weights file {path} is a folder: give the .safetensors (or torch) file in it")
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        state = load_file(str(path))
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # safetensors raises its own error types; nothing is unpickled
+            raise ModelError(f"{path} is not a readable safetensors file ({' '.join(str(exc).split())[:200]}): "
+                             "it is damaged, truncated or another format; re-save the weights with "
+                             "safetensors.torch.save_file") from None
     else:
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -93,8 +100,9 @@ def load_weights(model: nn.Module, path: str | Path, *, strict: bool = True) -> 
             ) from None
         if isinstance(state, dict) and "student" in state and isinstance(state["student"], dict):
             state = state["student"]  # a kdistill checkpoint
-    if not isinstance(state, dict):
-        raise ModelError(f"{path} does not hold a state dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a state dict (a mapping of names to tensors): save "
+                         "model.state_dict() with safetensors or torch.save")
     try:
         model.load_state_dict(state, strict=strict)
     except RuntimeError as exc:

@@ -6,7 +6,10 @@ transformers is imported lazily: the classifier paths never need it.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +40,41 @@ def resolve_source(spec) -> tuple[str, str | None]:
     return spec.source, spec.gguf_file
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub answers at all (checked once): offline, transformers would
+    spend ~50 s retrying before it fails."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("TRANSFORMERS_OFFLINE", "0") not in ("", "0"):
+        return False
+    host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _offline(folder: str) -> bool:
+    """A hub id (not a local folder) while the hub is unreachable: use the local cache only."""
+    return not Path(folder).expanduser().exists() and not hub_reachable()
+
+
+def _load_failed(what: str, spec, exc: Exception) -> ModelError:
+    folder, _ = resolve_source(spec)
+    if _offline(folder):
+        return ModelError(
+            f"cannot load a {what} from {spec.source!r}: it is not a local folder, not in the Hugging "
+            f"Face cache, and the hub is unreachable (offline): download it where there is network "
+            f"(`huggingface-cli download {spec.source}`) and copy the cache folder "
+            "(~/.cache/huggingface/hub, or HF_HOME), or set source to a local model folder")
+    return ModelError(f"cannot load a {what} from {spec.source!r}: {str(exc).splitlines()[0]}")
+
+
 def _hub_kwargs(spec) -> dict:
     folder, gguf = resolve_source(spec)
     kw = {"trust_remote_code": spec.trust_remote_code}
+    if _offline(folder):
+        kw["local_files_only"] = True  # fail in seconds, from the cache alone
     if gguf:
         kw["gguf_file"] = gguf
     if spec.revision:
@@ -56,7 +91,7 @@ def load_tokenizer(spec):
     try:
         tok = AutoTokenizer.from_pretrained(**_hub_kwargs(spec))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a tokenizer from {spec.source!r}: {str(exc).splitlines()[0]}") from None
+        raise _load_failed("tokenizer", spec, exc) from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -69,7 +104,7 @@ def load_causal_lm(spec) -> nn.Module:
     try:
         model = AutoModelForCausalLM.from_pretrained(**_hub_kwargs(spec), dtype=torch.float32)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load a causal LM from {spec.source!r}: {str(exc).splitlines()[0]}") from None
+        raise _load_failed("causal LM", spec, exc) from None
     if spec.weights is not None:
         from kdistill.models.builders import load_weights
 

@@ -91,6 +91,18 @@ def read_metrics(path: Path) -> Curves:
     return curves
 
 
+def inside(run_dir: Path, relative, named_in: Path) -> Path:
+    """``run_dir / relative``, refused unless it stays inside the run folder: a comparison.json
+    from someone else must not make the report read files elsewhere."""
+    if not isinstance(relative, str):
+        raise ReportError(f"{named_in} is damaged (a log path must be a string, got {relative!r}): {REBUILD}")
+    target = (run_dir / relative).resolve()
+    if Path(relative).is_absolute() or not target.is_relative_to(run_dir.resolve()):
+        raise ReportError(f"{named_in} names {relative!r}, outside the run folder {run_dir}: the "
+                          f"report reads only files inside it; {REBUILD}")
+    return target
+
+
 _MODELS = TypeAdapter(list[ModelReport])
 
 
@@ -106,7 +118,7 @@ def read_single(path: Path) -> SingleRun:
     logs = _field(data, "logs", file)
     if not isinstance(logs, dict):
         raise ReportError(f"{file} is damaged ('logs' must map roles to metrics files): {REBUILD}")
-    curves = {role: read_metrics(path / rel) for role, rel in logs.items() if rel}
+    curves = {role: read_metrics(inside(path, rel, file)) for role, rel in logs.items() if rel}
     return SingleRun(path=path, name=str(data.get("name", path.name)), seed=int(data.get("seed", 0)),
                      samples=int(data.get("samples", 0)), class_names=list(data.get("class_names", [])),
                      models=models, curves=curves)

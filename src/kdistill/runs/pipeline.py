@@ -21,6 +21,7 @@ from kdistill.errors import ConfigError
 from kdistill.models import count_parameters
 from kdistill.runs.recipes import recipe_for
 from kdistill.runs.roles import SUMMARY, role_config, role_dir, role_fingerprint
+from kdistill.validate import require_teacher
 
 
 @dataclass
@@ -54,9 +55,8 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
     """Train one role of a run: ``teacher`` (the config's teacher model on labels), ``scratch``
     (the student on labels alone) or ``distilled`` (the student towards the config's method)."""
     recipe = recipe_for(cfg)
-    if role == "distilled" and cfg.teacher is None and teacher is None:
-        raise ConfigError("distillation needs a teacher: add a `teacher:` section to the config "
-                          "(or pass teacher= from Python)")
+    if role == "distilled" and teacher is None:
+        require_teacher(cfg)
     cfg = role_config(cfg, role)
     out_dir = Path(out_dir or role_dir(cfg, role))
     with preserved_global_state(), distributed.session(cfg.train.device) as ctx:
