@@ -107,9 +107,9 @@ class CausalLMRecipe(Recipe):
         return self._build(spec, cfg, data.tokenizer)
 
     def _live(self, cfg, model: nn.Module, vocab: int) -> CausalLMTeacher:
-        t = cfg.teacher
-        return CausalLMTeacher(model, vocab, precision=t.precision, device=t.device or cfg.train.device,
-                               output_device=cfg.train.device)
+        t = cfg.teacher  # None when the teacher module is given from Python
+        return CausalLMTeacher(model, vocab, precision=getattr(t, "precision", "fp32"),
+                               device=getattr(t, "device", None) or cfg.train.device, output_device=cfg.train.device)
 
     def plan(self, cfg, data, role, ctx, *, teacher=None, student=None) -> Plan:
         spec = cfg.teacher.model if role == "teacher" else cfg.student
