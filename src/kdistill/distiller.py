@@ -119,6 +119,8 @@ class Distiller:
       the student (give ``kd.parameters()`` to the optimizer; saved by ``state_dict``).
     - ``autocast``: a dtype (``torch.bfloat16``) to autocast the student's forward pass only, as the
       engine's ``train.precision: bf16`` does; the loss stays in fp32.
+    - ``wrap_ddp``: under torchrun (a process group of several ranks), wrap the task's view of the
+      student in DistributedDataParallel (``kd.model``); False when a framework wraps it already.
 
     Put student and teacher on their devices before building it. Each call advances the schedules
     by one micro-batch (``step = calls // grad_accum_steps``); pass ``step=`` to use a given step
@@ -129,7 +131,8 @@ class Distiller:
                  loss: dict | BaseModel | None = None, *, task: str | Task = "classification",
                  total_steps: int | None = None, grad_accum_steps: int = 1, vocab_size: int | None = None,
                  num_classes: int | None = None, terms: Iterable[Term] = (),
-                 connectors: dict[str, nn.Module] | None = None, autocast: torch.dtype | None = None):
+                 connectors: dict[str, nn.Module] | None = None, autocast: torch.dtype | None = None,
+                 wrap_ddp: bool = True):
         if isinstance(student, (DistributedDataParallel, DataParallel)):
             raise ConfigError("Distiller takes the plain student, not a DDP / DataParallel wrapper: it "
                               "wraps the task's view of the student itself under torchrun (kd.model)")
@@ -154,7 +157,8 @@ class Distiller:
         self.connectors = nn.ModuleDict(connectors or {}).to(self.device)
         ctx = distributed.current()
         # under torchrun: DDP around the task's view (a causal LM's final hidden states), as the engine does
-        self.model = distributed.wrap(self.task.parallel_module(student), ctx) if ctx.world_size > 1 else student
+        wrap = wrap_ddp and ctx.world_size > 1
+        self.model = distributed.wrap(self.task.parallel_module(student), ctx) if wrap else student
 
     # ------------------------------------------------------------------ set-up
     def _task(self, task, teacher, vocab_size, num_classes) -> Task:
