@@ -116,8 +116,10 @@ def test_smollm2_teacher_into_a_small_llama_matches_the_engine(tmp_path):
                                    "tie_word_embeddings": True}, tok, seed=0)
     assert output_rows(student) == output_rows(teacher)
     ids = torch.tensor(tok("To be, or not to be, that is the question: whether 'tis nobler in the mind "
-                           "to suffer the slings and arrows of outrageous fortune")["input_ids"])
-    blocks = blocks_from_ids(ids, 8)[:4]
+                           "to suffer the slings and arrows of outrageous fortune, or to take arms against "
+                           "a sea of troubles and by opposing end them")["input_ids"])
+    blocks = blocks_from_ids(ids, 8).subset(slice(0, 4))
+    assert len(blocks) == 4
     loss = {"temperature": 1.0, "soft_weight": 1.0, "hard_weight": 0.0}
     reference, engine_losses = _engine_weights(copy.deepcopy(student), teacher, blocks, loss=loss)
     trainer = DistillationTrainer(model=student, args=_args(tmp_path), train_dataset=_dataset(blocks),
