@@ -51,9 +51,10 @@ def preserved_global_state():
 
 
 def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=None,
-        resume: bool = False, out_dir: Path | None = None) -> RunResult:
+        resume: bool = False, out_dir: Path | None = None, loggers: list | None = None) -> RunResult:
     """Train one role of a run: ``teacher`` (the config's teacher model on labels), ``scratch``
-    (the student on labels alone) or ``distilled`` (the student towards the config's method)."""
+    (the student on labels alone) or ``distilled`` (the student towards the config's method).
+    ``loggers``: per-step hooks (``tracking.StepLogger``) fed beside metrics.jsonl."""
     recipe = recipe_for(cfg)
     if role == "distilled" and teacher is None:
         require_teacher(cfg)
@@ -68,7 +69,8 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
             atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
         torch.manual_seed(cfg.seed)
         engine = Engine(cfg, plan.model, plan.task, plan.train_batches, plan.val_batches, teacher=plan.teacher,
-                        objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs)
+                        objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs,
+                        loggers=loggers)
         history = engine.fit(resume=resume)
         model = plan.saved_model()
         if ctx.is_main:
@@ -96,7 +98,7 @@ def cache_teacher(cfg, data=None):
 
 
 def train(cfg, *, role: str = "scratch", student: nn.Module | None = None, data=None, resume: bool = False,
-          out_dir: Path | None = None) -> RunResult:
+          out_dir: Path | None = None, loggers: list | None = None) -> RunResult:
     """Fit a model on hard labels only: the student-from-scratch baseline (``role="scratch"``)
     or the config's teacher architecture (``role="teacher"``)."""
     if role not in ("scratch", "teacher"):
@@ -104,10 +106,11 @@ def train(cfg, *, role: str = "scratch", student: nn.Module | None = None, data=
     if role == "teacher" and not recipe_for(cfg).teacher_needs_training(cfg) and \
             getattr(getattr(cfg.teacher, "model", None), "arch", None) == "pretrained":
         raise ConfigError("teacher.model is a bundled pretrained model: it needs no training")
-    return fit(cfg, role, student=student, data=data, resume=resume, out_dir=out_dir)
+    return fit(cfg, role, student=student, data=data, resume=resume, out_dir=out_dir, loggers=loggers)
 
 
 def distill(cfg, *, teacher=None, student: nn.Module | None = None, data=None, resume: bool = False,
-            out_dir: Path | None = None) -> RunResult:
+            out_dir: Path | None = None, loggers: list | None = None) -> RunResult:
     """Distil the teacher (the config's, or a given module / source) into the student."""
-    return fit(cfg, "distilled", teacher=teacher, student=student, data=data, resume=resume, out_dir=out_dir)
+    return fit(cfg, "distilled", teacher=teacher, student=student, data=data, resume=resume, out_dir=out_dir,
+               loggers=loggers)
