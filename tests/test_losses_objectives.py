@@ -149,3 +149,16 @@ def test_kd_with_a_top_k_teacher_keeps_the_task_path_and_dense_only_methods_refu
     with pytest.raises(TrainingError, match="dense class logits"):
         KD(standardize=True)(TASK, Outputs(s), Outputs(compressed), data, hp)
     assert math.isfinite(float(KD()(TASK, Outputs(s), None, data, hp)[0].detach()))  # no teacher: the hard term
+
+
+@pytest.mark.parametrize("loss", [{"method": "dkd"}, {"method": "dist", "gamma": 1},
+                                  {"temperature": {"kind": "learned"}, "standardize": True},
+                                  {"terms": [{"kind": "pkt", "student": "a", "teacher": "b", "weight": 5}]}])
+def test_a_written_config_parses_back_and_takes_assignments(loss):
+    import yaml
+
+    from kdistill.config import RunConfig
+
+    cfg = RunConfig.parse({"loss": loss})
+    cfg.loss.hard_weight = 0.5  # validated assignment sees every field, defaults included
+    assert RunConfig.parse(yaml.safe_load(cfg.to_yaml())).loss == cfg.loss

@@ -104,7 +104,7 @@ class KDLoss(Strict):
 
     method: Method = Field("kd", description="the named objective (see the README's methods table)")
     temperature: TemperatureSpec = 4.0
-    soft_weight: ScheduleSpec = 0.7
+    soft_weight: Optional[ScheduleSpec] = Field(0.7, description="kd only (none under dkd, dist)")
     hard_weight: ScheduleSpec = Field(0.3, description="default 0.3 (kd), 1.0 (dkd, dist)")
     standardize: bool = Field(False, description="z-score both logits before the soft term (Sun et al. 2024)")
     terms: list[FeatureTerm] = Field(default_factory=list, description="feature terms (hint, attention, "
@@ -118,7 +118,8 @@ class KDLoss(Strict):
     @model_validator(mode="before")
     @classmethod
     def _method_fields(cls, raw):
-        """Refuse another method's fields; fill this method's defaults (dkd and dist: hard_weight 1)."""
+        """Refuse another method's fields; fill this method's defaults (dkd and dist: hard_weight 1,
+        no soft_weight). Runs on every validated assignment too, with all fields, as written back."""
         if not isinstance(raw, dict):
             return raw
         method = raw.get("method", "kd")
@@ -126,20 +127,25 @@ class KDLoss(Strict):
             return raw  # the Literal names the choices
         raw = dict(raw)
         for name, defaults in METHOD_FIELDS.items():
-            if name in raw and raw[name] is not None and method not in defaults:
+            if raw.get(name) is not None and method not in defaults:
                 raise ValueError(f"{name} applies to method {' or '.join(defaults)} only (method is {method}): "
                                  f"remove it or set method: {next(iter(defaults))}")
             if method in defaults and raw.get(name) is None:
                 raw[name] = defaults[method]
-        if method != "kd":
-            if "soft_weight" in raw:
-                raise ValueError(f"soft_weight applies to method kd only: {method} weighs its own terms "
-                                 f"({'alpha and beta' if method == 'dkd' else 'beta and gamma'}), so remove it")
-            raw.setdefault("hard_weight", 1.0)
-            kind = raw.get("temperature", {}).get("kind") if isinstance(raw.get("temperature"), dict) else None
-            if kind in ADAPTIVE:
-                raise ValueError(f"temperature kind {kind} applies to method kd only: give {method} a number or "
-                                 "a schedule")
+        if method == "kd":
+            if raw.get("soft_weight", 0) is None:
+                del raw["soft_weight"]  # the default
+            return raw
+        if raw.get("soft_weight") is not None:
+            raise ValueError(f"soft_weight applies to method kd only: {method} weighs its own terms "
+                             f"({'alpha and beta' if method == 'dkd' else 'beta and gamma'}), so remove it")
+        raw["soft_weight"] = None
+        raw.setdefault("hard_weight", 1.0)
+        temperature = raw.get("temperature")
+        kind = temperature.get("kind") if isinstance(temperature, dict) else getattr(temperature, "kind", None)
+        if kind in ADAPTIVE:
+            raise ValueError(f"temperature kind {kind} applies to method kd only: give {method} a number or "
+                             "a schedule")
         return raw
 
     @field_validator("temperature", mode="after")

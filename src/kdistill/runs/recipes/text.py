@@ -171,7 +171,8 @@ class TextRecipe(Recipe):
             notes["init_from_teacher"] = init_from_teacher(model, t_model, cfg.student)
         terms, projections = layer_terms(cfg.loss, model, t_model, torch.device(cfg.train.device)) \
             if cfg.student.arch == "hf" else ([], nn.ModuleDict())
-        teacher_term = ever_nonzero(cfg.loss.soft_weight) or bool(terms)  # else unlabelled texts add nothing
+        # without a soft term or a layer term, unlabelled texts add nothing
+        teacher_term = cfg.loss.method != "kd" or ever_nonzero(cfg.loss.soft_weight) or bool(terms)
         train, val, more = self._batches(cfg, data, tokenizer, teacher_tokenizer, ctx, transfer=teacher_term)
         objective = build_objective(cfg.loss, terms, steps_per_epoch=math.ceil(len(train) / cfg.train.grad_accum_steps))
         if isinstance(teacher, TeacherSource):
