@@ -6,8 +6,8 @@ from text_helpers import tiny_bert, write_vocab
 
 from kdistill.config import HFSpec, TextCNNSpec
 from kdistill.errors import ModelError
-from kdistill.models.text import (EncoderClassifier, TextCNN, WithProjections, build_text_model, encoder_of,
-                                  init_from_teacher, load_tokenizer, unwrap)
+from kdistill.models.text import EncoderClassifier, TextCNN, build_text_model, encoder_of, init_from_teacher, load_tokenizer
+from kdistill.taps import WithConnectors, unwrap
 
 
 @pytest.fixture
@@ -97,9 +97,9 @@ def test_init_narrow_student_projects_embeddings_on_principal_directions(vocab):
 
 def test_projections_wrapper_exports_the_plain_student(vocab):
     student = build_text_model(HFSpec(config=tiny_bert(), tokenizer=vocab), 2)
-    wrapped = WithProjections(student, torch.nn.ModuleDict({"s1_t2": torch.nn.Linear(16, 32)}))
+    wrapped = WithConnectors(student, {"projections": torch.nn.ModuleDict({"s1_t2": torch.nn.Linear(16, 32)})})
     assert unwrap(wrapped) is student
-    assert any(k.startswith("projections.") for k in wrapped.state_dict())
+    assert any(k.startswith("connectors.projections.") for k in wrapped.state_dict())
     assert not any("projections" in k for k in unwrap(wrapped).state_dict())
 
 

@@ -7,7 +7,8 @@ from text_helpers import tiny_bert, toy_rows, write_csv, write_vocab
 from kdistill.config import HFSpec, LossConfig, TextDataConfig
 from kdistill.data.text import TextBatches, build_text_data, encode
 from kdistill.errors import ConfigError
-from kdistill.models.text import WithProjections, build_text_model, load_tokenizer
+from kdistill.models.text import build_text_model, load_tokenizer
+from kdistill.taps import WithConnectors
 from kdistill.tasks.text import TextClassificationTask, plan_layer_terms, uniform_layer_map
 from kdistill.teachers.text import TextTeacher
 
@@ -40,7 +41,7 @@ def test_objective_adds_hidden_and_attention_terms_and_trains_the_projections(se
                          attention_layers=terms.teacher_attention)
     task = TextClassificationTask(2, teacher=source, layer_terms=terms, loss_cfg=loss_cfg, projections=projections)
     assert set(task.schedules()) == {"hidden_weight", "attention_weight"}
-    model = WithProjections(student, projections).train()
+    model = WithConnectors(student, {"projections": projections}).train()
     batch = next(iter(TextBatches(data.train, 8)))
     logits = task.forward(model, batch)
     hp = {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5, "hidden_weight": 1.0, "attention_weight": 0.5}

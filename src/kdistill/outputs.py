@@ -13,12 +13,15 @@ from torch import nn
 class Outputs:
     """Logits (a tensor, or a ``TopKLogits`` from a compressed teacher) and the intermediate
     outputs a method asked for: ``hidden[i]`` (0 = embeddings, i = layer i) and ``attention[i]``
-    (layer i's maps). A causal LM whose output layer is fused with the loss gives ``pre_head``
-    (final hidden states at the target positions) and ``head`` instead of ``logits``."""
+    (layer i's maps); ``features[path]``: the output of the module at that path, read by a
+    feature tap (``kdistill.taps``) for a method's ``loss.terms``. A causal LM whose output layer
+    is fused with the loss gives ``pre_head`` (final hidden states at the target positions) and
+    ``head`` instead of ``logits``."""
 
     logits: object = None
     hidden: dict[int, torch.Tensor] = field(default_factory=dict)
     attention: dict[int, torch.Tensor] = field(default_factory=dict)
+    features: dict[str, torch.Tensor] = field(default_factory=dict)
     pre_head: torch.Tensor | None = None
     head: nn.Module | None = None
 

@@ -146,3 +146,26 @@ def make_connector(student_shape: tuple[int, ...], teacher_shape: tuple[int, ...
         return parts[0] if len(parts) == 1 else nn.Sequential(*parts)
     raise ConfigError(f"{where}: connectors map vectors (D,), token states (L, D) or conv maps "
                       "(C, H, W); tap a layer with one of these shapes")
+
+
+class WithConnectors(nn.Module):
+    """The student plus what distillation trains beside it: connectors, text projections, a
+    learned temperature (``connectors``, an ``nn.ModuleDict``).
+
+    The engine optimises and checkpoints this module, so those parts are trained with the student
+    and resumed with it; its forward is the student's, and only ``.student`` (``unwrap``) is saved
+    or exported.
+    """
+
+    def __init__(self, student: nn.Module, connectors: dict[str, nn.Module] | nn.ModuleDict):
+        super().__init__()
+        self.student = student
+        self.connectors = connectors if isinstance(connectors, nn.ModuleDict) else nn.ModuleDict(connectors)
+
+    def forward(self, *args, **kwargs):
+        return self.student(*args, **kwargs)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain student inside a ``WithConnectors`` (any other model as it is)."""
+    return model.student if isinstance(model, WithConnectors) else model

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Discriminator, Field, Tag, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from kdistill.config.base import Strict
 from kdistill.config.models import ModelSpec
@@ -105,7 +105,37 @@ def _teacher_kind(value) -> str:
     return value.get("kind", "live") if isinstance(value, dict) else getattr(value, "kind", "live")
 
 
-TeacherConfig = Annotated[
+MemberConfig = Annotated[
     Union[Annotated[LiveTeacherConfig, Tag("live")], Annotated[CacheTeacherConfig, Tag("cache")]],
+    Discriminator(_teacher_kind),
+]
+
+
+class EnsembleTeacherConfig(Strict):
+    """Several teachers as one (Hinton et al. 2015, section 3): the weighted mean of their
+    probabilities at ``temperature`` (``mean_probs``) or of their logits (``mean_logits``).
+    Each member is live (with its weights) or a dense cache."""
+
+    kind: Literal["ensemble"] = "ensemble"
+    members: list[MemberConfig] = Field(..., min_length=1)
+    weights: Optional[list[float]] = Field(None, description="one positive weight per member (default equal)")
+    combine: Literal["mean_probs", "mean_logits"] = "mean_probs"
+    temperature: float = Field(1.0, gt=0, description="mean_probs: the temperature the probabilities are "
+                               "averaged at (set it to the soft term's for the paper's definition)")
+
+    @field_validator("weights", mode="after")
+    @classmethod
+    def _one_weight_each(cls, weights, info):
+        members = info.data.get("members")
+        if weights is not None and members is not None and len(weights) != len(members):
+            raise ValueError(f"{len(weights)} weights for {len(members)} members: give one per member")
+        if weights is not None and not all(w > 0 for w in weights):
+            raise ValueError("weights must be positive")
+        return weights
+
+
+TeacherConfig = Annotated[
+    Union[Annotated[LiveTeacherConfig, Tag("live")], Annotated[CacheTeacherConfig, Tag("cache")],
+          Annotated[EnsembleTeacherConfig, Tag("ensemble")]],
     Discriminator(_teacher_kind),
 ]

@@ -284,22 +284,3 @@ def init_from_teacher(student: nn.Module, teacher: nn.Module, spec) -> str:
                              "heads): match them, or drop init_from_teacher") from None
     copied.append(f"layers from teacher layers {chosen}")
     return ", ".join(copied)
-
-
-class WithProjections(nn.Module):
-    """The student plus the distillation-only projections (student width -> teacher width).
-
-    The engine optimises and checkpoints this module, so the projections are trained with the
-    student and resumed with it; only ``.student`` is exported.
-    """
-
-    def __init__(self, student: nn.Module, projections: nn.ModuleDict):
-        super().__init__()
-        self.student, self.projections = student, projections
-
-    def forward(self, *args, **kwargs):
-        return self.student(*args, **kwargs)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    return model.student if isinstance(model, WithProjections) else model

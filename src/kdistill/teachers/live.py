@@ -1,13 +1,16 @@
-"""A live teacher: any nn.Module or Hugging Face model run in inference mode for each batch."""
+"""A live teacher: any nn.Module or Hugging Face model run in inference mode for each batch,
+giving its logits and, when a method's terms ask for them, the outputs of modules by path."""
 
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 
+from kdistill.outputs import Outputs
+from kdistill.taps import FeatureTaps
 from kdistill.teachers.base import TeacherSource, to_logits
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -26,12 +29,15 @@ def weights_hash(model: nn.Module) -> str:
 class LiveTeacher(TeacherSource):
     """Runs the teacher on every batch: eval mode, no autograd, optionally in bf16/fp16 and
     compiled; it may live on another device than the student (logits come back to the student's).
+    ``feature_paths``: modules (as ``model.named_modules()`` names them) whose outputs
+    ``outputs(batch).features`` returns, in fp32 on the student's device (a wrong path is refused
+    here, with the nearest names).
     """
 
     def __init__(self, model: nn.Module, *, num_outputs: int, precision: str = "fp32",
                  compile: bool = False, device: str | torch.device = "cpu",
                  output_device: str | torch.device | None = None,
-                 inputs: Callable[[dict], object] | None = None):
+                 inputs: Callable[[dict], object] | None = None, feature_paths: Sequence[str] = ()):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
         self.dtype = _DTYPES[precision]
@@ -40,6 +46,9 @@ class LiveTeacher(TeacherSource):
         self.num_outputs = num_outputs
         self.inputs = inputs or (lambda batch: batch["inputs"])
         self.precision = precision
+        self.feature_paths = tuple(dict.fromkeys(feature_paths))
+        self.taps = FeatureTaps(self.model, self.feature_paths, field="loss.terms teacher") \
+            if self.feature_paths else None
 
     @torch.inference_mode()
     def _run(self, batch: dict) -> torch.Tensor:
@@ -53,6 +62,13 @@ class LiveTeacher(TeacherSource):
     def logits(self, batch: dict) -> torch.Tensor:
         # cloned outside inference mode: an inference tensor cannot be saved for backward downstream
         return self._run(batch).to(self.output_device, dtype=torch.float32).clone()
+
+    def outputs(self, batch: dict) -> Outputs:
+        logits = self.logits(batch)
+        if self.taps is None:
+            return Outputs(logits)
+        return Outputs(logits, features={path: f.to(self.output_device, dtype=torch.float32)
+                                         for path, f in self.taps.collect().items()})
 
     def describe(self) -> dict:
         return {"kind": "live", "weights_sha256": weights_hash(self.model), "precision": self.precision}

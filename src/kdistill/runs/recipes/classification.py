@@ -1,8 +1,11 @@
 """Image (and tensor) classification: MNIST-style splits, MLP / CNN / bundled models,
-augmentation in the batches, live or cached teachers."""
+augmentation in the batches, live, cached or ensemble teachers, and every method: the objective
+the loss section names, with its feature terms (taps and connectors, checked before training) and
+what it trains beside the student (connectors, a learned temperature) in a ``WithConnectors``."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -13,12 +16,14 @@ from kdistill.checkpoint import atomic_write
 from kdistill.data import Batches, build_data
 from kdistill.errors import ConfigError
 from kdistill.evaluate import compare
+from kdistill.losses.feature_terms import check_paths, feature_terms
 from kdistill.losses.objectives import build_objective
 from kdistill.models import build_model, load_weights
 from kdistill.runs.recipes.base import Plan, Recipe
 from kdistill.runs.roles import trained_teacher_weights
 from kdistill.tasks import ClassificationTask
-from kdistill.teachers import LiveTeacher, TeacherSource, open_cache
+from kdistill.taps import WithConnectors, unwrap
+from kdistill.teachers import EnsembleTeacher, LiveTeacher, TeacherSource, open_cache
 
 WEIGHTS = "model.safetensors"
 
@@ -51,16 +56,32 @@ class ClassificationRecipe(Recipe):
             load_weights(model, trained_teacher_weights(cfg, WEIGHTS))
         return model
 
+    def _live(self, cfg, model, data, t, feature_paths=()) -> LiveTeacher:
+        return LiveTeacher(model, num_outputs=data.num_classes, precision=getattr(t, "precision", "fp32"),
+                           compile=getattr(t, "compile", False), device=getattr(t, "device", None) or cfg.train.device,
+                           output_device=cfg.train.device, feature_paths=feature_paths)
+
+    def _member(self, cfg, data, member, i: int) -> TeacherSource:
+        if member.kind == "cache":
+            return open_cache(cfg.model_copy(update={"teacher": member}), data)
+        spec = member.model
+        if spec.arch != "pretrained" and spec.weights is None:
+            raise ConfigError(f"teacher.members[{i}].model.weights is not set: an ensemble member needs its "
+                              "trained weights (a file) or a bundled pretrained model")
+        return self._live(cfg, self._model(spec, data), data, member)
+
     def _source(self, cfg, data, teacher) -> TeacherSource:
         if isinstance(teacher, TeacherSource):
             return teacher
         t = cfg.teacher
+        if teacher is None and t.kind == "ensemble":
+            return EnsembleTeacher([self._member(cfg, data, m, i) for i, m in enumerate(t.members)], t.weights,
+                                   t.combine, t.temperature)
         if teacher is None and t.kind == "cache":
             return open_cache(cfg, data)
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
-        return LiveTeacher(model, num_outputs=data.num_classes, precision=getattr(t, "precision", "fp32"),
-                           compile=getattr(t, "compile", False),
-                           device=getattr(t, "device", None) or cfg.train.device, output_device=cfg.train.device)
+        paths = check_paths(model, cfg.loss.terms, "teacher") if cfg.loss.terms else ()
+        return self._live(cfg, model, data, t, paths)
 
     def plan(self, cfg, data, role, ctx, *, teacher=None, student=None) -> Plan:
         if student is None:
@@ -71,10 +92,29 @@ class ClassificationRecipe(Recipe):
                         jitter_pixels=d.jitter_pixels, affine=(d.affine_degrees, d.affine_scale),
                         rank=ctx.rank, world_size=ctx.world_size)
         val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
-        source = self._source(cfg, data, teacher) if role == "distilled" else None
-        return Plan(student, ClassificationTask(data.num_classes, cfg.train.device), train, val,
-                    build_objective(cfg.loss, teacher=source is not None), teacher=source,
-                    num_outputs=data.num_classes)
+        task = ClassificationTask(data.num_classes, cfg.train.device)
+        if role != "distilled":
+            return Plan(student, task, train, val, build_objective(cfg.loss, teacher=False),
+                        num_outputs=data.num_classes)
+        source = self._source(cfg, data, teacher)
+        reads_logits = cfg.loss.method != "kd" or cfg.loss.standardize or getattr(cfg.loss.temperature, "kind", "") \
+            in ("per_sample", "learned")
+        if reads_logits and getattr(source, "format", "dense") == "topk":
+            raise ConfigError(f"loss.method {cfg.loss.method} (standardize / adaptive temperature) reads every "
+                              "teacher logit: cache the teacher with format: dense, or run it live")
+        probe = {"inputs": data.train.inputs[:2], "labels": data.train.labels[:2], "index": torch.arange(2)}
+        terms, taps = feature_terms(cfg.loss.terms, student, source, probe, d.batch_size)
+        objective = build_objective(cfg.loss, terms, steps_per_epoch=math.ceil(len(train) / cfg.train.grad_accum_steps),
+                                    student_taps=taps)
+        modules = objective.modules()
+        model = WithConnectors(student, modules) if modules else student
+
+        def exported() -> nn.Module:
+            objective.close()  # the saved and returned student carries no hooks
+            return unwrap(model)
+
+        return Plan(model, task, train, val, objective, teacher=source, num_outputs=data.num_classes,
+                    exported=exported)
 
     def save(self, model, out_dir, data) -> None:
         save_state(model, Path(out_dir) / WEIGHTS)

@@ -8,6 +8,7 @@ architecture from its own initialisation.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -19,10 +20,11 @@ from kdistill.evaluate import compare
 from kdistill.losses import attention_kl, hidden_state_mse
 from kdistill.losses.objectives import Term, build_objective, ever_nonzero
 from kdistill.models import load_weights
-from kdistill.models.text import WithProjections, build_text_model, encoder_of, init_from_teacher, load_tokenizer, unwrap
+from kdistill.models.text import build_text_model, encoder_of, init_from_teacher, load_tokenizer
 from kdistill.runs.recipes.base import Plan, Recipe
 from kdistill.runs.recipes.classification import WEIGHTS, save_state
 from kdistill.runs.roles import trained_teacher_weights
+from kdistill.taps import WithConnectors, unwrap
 from kdistill.tasks.text import TextClassificationTask
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.text import TextTeacher
@@ -150,6 +152,9 @@ class TextRecipe(Recipe):
     def _distill_plan(self, cfg, data, ctx, teacher, student) -> Plan:
         if cfg.teacher is None:
             raise ConfigError("distillation needs a `teacher:` section in the config")
+        if cfg.teacher.kind == "ensemble":
+            raise ConfigError("teacher.kind ensemble is wired for task classification; distil a text student "
+                              "from one teacher")
         tokenizer, teacher_tokenizer = tokenizer_for(cfg.student), tokenizer_for(cfg.teacher.model)
         attentions = ever_nonzero(cfg.loss.attention_weight)
         model = student if student is not None else self._model(cfg.student, data, tokenizer, attentions)
@@ -166,7 +171,10 @@ class TextRecipe(Recipe):
             notes["init_from_teacher"] = init_from_teacher(model, t_model, cfg.student)
         terms, projections = layer_terms(cfg.loss, model, t_model, torch.device(cfg.train.device)) \
             if cfg.student.arch == "hf" else ([], nn.ModuleDict())
-        objective = build_objective(cfg.loss, terms)
+        # without a soft term or a layer term, unlabelled texts add nothing
+        teacher_term = cfg.loss.method != "kd" or ever_nonzero(cfg.loss.soft_weight) or bool(terms)
+        train, val, more = self._batches(cfg, data, tokenizer, teacher_tokenizer, ctx, transfer=teacher_term)
+        objective = build_objective(cfg.loss, terms, steps_per_epoch=math.ceil(len(train) / cfg.train.grad_accum_steps))
         if isinstance(teacher, TeacherSource):
             missing = (set(objective.teacher_hidden) - set(getattr(teacher, "hidden_layers", ()))) | \
                       (set(objective.teacher_attention) - set(getattr(teacher, "attention_layers", ())))
@@ -180,9 +188,8 @@ class TextRecipe(Recipe):
                                  attention_layers=objective.teacher_attention, precision=t.precision,
                                  compile=t.compile, device=t.device or cfg.train.device,
                                  output_device=cfg.train.device)
-        trained = WithProjections(model, projections) if len(projections) else model
-        teacher_term = ever_nonzero(cfg.loss.soft_weight) or bool(terms)  # else unlabelled texts add nothing
-        train, val, more = self._batches(cfg, data, tokenizer, teacher_tokenizer, ctx, transfer=teacher_term)
+        connectors = {**({"projections": projections} if len(projections) else {}), **objective.modules()}
+        trained = WithConnectors(model, connectors) if connectors else model
         task = TextClassificationTask(data.num_classes, cfg.train.device, hidden=bool(objective.teacher_hidden),
                                       attentions=bool(objective.teacher_attention))
         return Plan(trained, task, train, val, objective, teacher=source, num_outputs=data.num_classes,

@@ -1,0 +1,261 @@
+"""Which distillation methods beat plain KD, on the same budget and over seeds.
+
+Fashion-MNIST: a CNN teacher (32-64 channels, 256 hidden, dropout; trained here once per seed and
+reused) -> a small CNN student (8-16 channels, 64 hidden), every row with the same data, epochs
+and optimiser (the configs ``configs/methods_*.yaml``, which run the same with ``kdistill
+distill``): scratch, KD, each feature method (FitNets hints, attention transfer, RKD, PKT), DKD,
+DIST, logit standardisation, KD + the best feature method, a 3-teacher ensemble (teachers of
+seeds 0, 1, 2), and the temperature strategies (constant T = 4 = the KD row, cosine 20 -> 2,
+per-sample, learned). Per row: last-epoch test accuracy mean ± std over the seeds (nothing is
+selected on the test set), agreement with the row's teacher, training seconds per epoch relative
+to KD. A second, smaller table on MNIST: the bundled ccexam CNN -> an MLP (784-256-10).
+
+    python bench/methods.py                  # full table (hours on a busy CPU)
+    python bench/methods.py --quick          # ~1 minute: tiny subset, 1 epoch, 1 seed; same code path
+    python bench/methods.py --rows kd,dkd    # some rows only (finished runs are reused)
+
+Every finished run is kept under ``--out`` with a result.json; a later invocation with the same
+config reuses it, so rows can run in separate processes and a plain invocation assembles the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from kdistill.config import RunConfig
+from kdistill.data import Batches, build_data
+from kdistill.models import build_model, load_weights
+from kdistill.runs import distill, train
+from kdistill.runs.roles import trained
+from kdistill.tasks import ClassificationTask
+from kdistill.teachers import combine_logits
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULT = "result.json"
+TEACHER_SEEDS = (0, 1, 2)
+# Fashion-MNIST rows: name -> config file (configs/methods_<file>.yaml); "kd_best" is built from the best feature row
+FASHION_ROWS = {"scratch": "kd", "kd": "kd", "hint": "hint", "attention": "attention", "rkd": "rkd", "pkt": "pkt",
+                "dkd": "dkd", "dist": "dist", "standardize": "standardize", "kd_best": None, "ensemble": "ensemble",
+                "cosine_t": "cosine_t", "per_sample_t": "per_sample_t", "learned_t": "learned_t"}
+FEATURE_ROWS = ("hint", "attention", "rkd", "pkt")
+# MNIST: the bundled CNN's penultimate ReLU (classifier.1, 128 wide) and the MLP's hidden ReLU (net.2)
+MNIST_LOSSES = {
+    "scratch": {}, "kd": {"temperature": 4, "soft_weight": 0.9, "hard_weight": 0.1},
+    "dkd": {"method": "dkd", "alpha": 1, "beta": 8, "temperature": 4, "warmup_epochs": 1},
+    "dist": {"method": "dist", "beta": 2, "gamma": 2, "temperature": 4},
+    "standardize": {"temperature": 2, "soft_weight": 0.9, "hard_weight": 0.1, "standardize": True},
+    "hint": {"soft_weight": 0, "hard_weight": 1,
+             "terms": [{"kind": "hint", "student": "net.2", "teacher": "classifier.1", "weight": 100}]},
+    "pkt": {"soft_weight": 0, "hard_weight": 1,
+            "terms": [{"kind": "pkt", "student": "net.2", "teacher": "classifier.1", "weight": 234}]},
+}
+
+
+def quick_data(data, quick: bool):
+    """The splits a run is scored on; --quick (whose configs train on 512 images) scores on 500
+    test images and skips the per-epoch val pass."""
+    if quick:
+        data.val, data.test = None, data.test.subset(500)
+    return data
+
+
+def shrink(cfg: RunConfig, quick: bool, epochs: int | None) -> RunConfig:
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.progress = False
+    if epochs:
+        cfg.train.epochs = epochs
+    if quick:
+        cfg.train.epochs = 1
+        cfg.data.limit_train, cfg.data.val_size = 512, 0
+        if isinstance(cfg.loss.warmup_epochs, float):
+            cfg.loss.warmup_epochs = 0.5
+        if getattr(cfg.loss.temperature, "kind", None) == "learned":
+            cfg.loss.temperature = cfg.loss.temperature.model_copy(update={"loops_epochs": 0.5})
+    return cfg
+
+
+def point_teachers(cfg: RunConfig, out: Path) -> RunConfig:
+    """Make the config's teacher weights those this bench trained under ``out``."""
+    members = cfg.teacher.members if cfg.teacher.kind == "ensemble" else [cfg.teacher]
+    for member in members:
+        seed = Path(member.model.weights).parts[-3].removeprefix("teacher-seed")
+        member.model.weights = out / f"teacher-seed{seed}" / "teacher" / "model.safetensors"
+    return cfg
+
+
+def logits(model, data, cfg) -> torch.Tensor:
+    return ClassificationTask(data.num_classes).predict(model, Batches(data.test, cfg.data.eval_batch_size))[0]
+
+
+def cached(run_dir: Path, cfg: RunConfig) -> dict | None:
+    path = run_dir / RESULT
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    return record if record["config"] == cfg.model_dump(mode="json") else None
+
+
+def run_student(row: str, cfg: RunConfig, data, run_dir: Path, teacher_logits: torch.Tensor) -> dict:
+    if (record := cached(run_dir, cfg)) is not None:
+        return record
+    t0 = time.perf_counter()
+    result = (train(cfg, data=data, out_dir=run_dir) if row == "scratch"
+              else distill(cfg, data=data, out_dir=run_dir))
+    student = logits(result.model, data, cfg)
+    record = {"row": row, "seed": cfg.seed,
+              "accuracy": float((student.argmax(-1) == data.test.labels).float().mean()),
+              "agreement": float((student.argmax(-1) == teacher_logits.argmax(-1)).float().mean()),
+              "seconds_per_epoch": statistics.fmean(e["seconds"] for e in result.history),
+              "wall_seconds": round(time.perf_counter() - t0, 1), "config": cfg.model_dump(mode="json")}
+    (run_dir / RESULT).write_text(json.dumps(record, indent=2))
+    print(f"  {row} seed {cfg.seed}: {record['accuracy']:.4f} test accuracy", flush=True)
+    return record
+
+
+def fashion_teachers(out: Path, data, quick: bool, epochs: int | None) -> dict[int, torch.Tensor]:
+    """Train (or reuse) the teacher of each seed; their test logits."""
+    base = shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_teacher.yaml"), quick, epochs)
+    found = {}
+    for seed in TEACHER_SEEDS:
+        cfg = base.model_copy(update={"seed": seed}, deep=True)
+        cfg.train.output_dir = out / f"teacher-seed{seed}"
+        if not trained(cfg, "teacher"):
+            print(f"  training the teacher of seed {seed}", flush=True)
+            train(cfg, role="teacher", data=data)
+        spec = cfg.teacher.model
+        model = load_weights(build_model(spec, data.input_shape, data.num_classes),
+                             cfg.train.output_dir / "teacher" / "model.safetensors")
+        found[seed] = logits(model, data, cfg)
+    return found
+
+
+def summarise(records: list[dict], kd_seconds: float | None) -> dict:
+    acc = [r["accuracy"] for r in records]
+    sec = statistics.fmean(r["seconds_per_epoch"] for r in records)
+    return {"accuracy_mean": statistics.fmean(acc), "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "agreement_mean": statistics.fmean(r["agreement"] for r in records),
+            "seconds_per_epoch": sec, "epoch_time_vs_kd": sec / kd_seconds if kd_seconds else None,
+            "per_seed": {str(r["seed"]): r["accuracy"] for r in records}}
+
+
+def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None) -> dict:
+    data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
+                      quick)
+    teachers = fashion_teachers(out, data, quick, epochs)
+    ensemble = combine_logits([teachers[s] for s in TEACHER_SEEDS], [1 / 3] * 3, "mean_probs", 4.0)
+    records: dict[str, list[dict]] = {}
+    for row, name in FASHION_ROWS.items():
+        if row not in rows:
+            continue
+        if row == "kd_best":
+            done = {r: statistics.fmean(x["accuracy"] for x in records[r]) for r in FEATURE_ROWS if r in records}
+            if not done:
+                continue
+            best = max(done, key=done.get)
+            cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml")
+            terms = RunConfig.from_yaml(ROOT / "configs" / f"methods_{FASHION_ROWS[best]}.yaml").loss.terms
+            cfg.loss = cfg.loss.model_copy(update={"terms": terms})
+            cfg.name = f"methods-kd-{best}"
+        else:
+            cfg = RunConfig.from_yaml(ROOT / "configs" / f"methods_{name}.yaml")
+        cfg = point_teachers(shrink(cfg, quick, epochs), out)
+        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
+                                    out / row / f"seed{s}", ensemble if row == "ensemble" else teachers[0])
+                        for s in seeds]
+    kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
+    table = {row: summarise(recs, kd) for row, recs in records.items()}
+    if "kd_best" in table:
+        table["kd_best"]["feature_method"] = records["kd_best"][0]["config"]["name"].removeprefix("methods-kd-")
+    table["teacher_seed0"] = {"accuracy_mean": float((teachers[0].argmax(-1) == data.test.labels).float().mean())}
+    table["teacher_ensemble"] = {"accuracy_mean": float((ensemble.argmax(-1) == data.test.labels).float().mean())}
+    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test)}
+
+
+def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None) -> dict:
+    base = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml").model_dump(mode="json")
+    base.update(name="methods-mnist", data={"dataset": "mnist", "batch_size": 128},
+                teacher={"kind": "live", "model": {"arch": "pretrained", "name": "ccexam-mnist"}},
+                student={"arch": "mlp", "hidden": [256]})
+    base["optim"]["lr"] = {"kind": "cosine", "start": 0.015, "end": 0.0}  # ccexam's large logits diverge at 0.05
+    base["train"]["epochs"] = 5
+    data = quick_data(build_data(shrink(RunConfig.parse(base), quick, epochs).data), quick)
+    teacher_cfg = RunConfig.parse(base)
+    teacher = logits(build_model(teacher_cfg.teacher.model, data.input_shape, data.num_classes), data, teacher_cfg)
+    records = {}
+    for row, loss in MNIST_LOSSES.items():
+        if row not in rows:
+            continue
+        cfg = shrink(RunConfig.parse({**base, "name": f"methods-mnist-{row}", "loss": loss}), quick, epochs)
+        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
+                                    out / "mnist" / row / f"seed{s}", teacher) for s in seeds]
+    kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
+    table = {row: summarise(recs, kd) for row, recs in records.items()}
+    table["teacher"] = {"accuracy_mean": float((teacher.argmax(-1) == data.test.labels).float().mean())}
+    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test)}
+
+
+def print_table(title: str, table: dict, kd_row: str = "kd") -> None:
+    print(f"\n{title}")
+    print(f"{'row':<24}{'test accuracy':>22}{'agreement':>11}{'epoch time vs KD':>18}")
+    ranked = sorted((r for r in table if "per_seed" in table[r]), key=lambda r: -table[r]["accuracy_mean"])
+    for row in ranked:
+        f = table[row]
+        name = row + (f" ({f['feature_method']})" if "feature_method" in f else "")
+        rel = f"{f['epoch_time_vs_kd']:.2f}x" if f.get("epoch_time_vs_kd") else "-"
+        print(f"{name:<24}{f['accuracy_mean']:>14.4f} ± {f['accuracy_std']:.4f}{f['agreement_mean']:>11.4f}{rel:>18}")
+    for row in (r for r in table if r.startswith("teacher")):
+        print(f"{row:<24}{table[row]['accuracy_mean']:>14.4f}")
+
+
+def machine() -> dict:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="512 training images, 1 epoch, 1 seed (~1 minute)")
+    p.add_argument("--seeds", default="0,1,2", help="student seeds (--quick: 0)")
+    p.add_argument("--rows", default=",".join([*FASHION_ROWS, *MNIST_LOSSES]), help="rows to run now")
+    p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/methods-fmnist[-quick])")
+    p.add_argument("--json", type=Path, default=None, help="results (default bench/results/methods[_quick].json)")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = args.out or ROOT / "runs" / f"methods-fmnist{'-quick' if args.quick else ''}"
+    json_path = args.json or ROOT / "bench" / "results" / f"methods{'_quick' if args.quick else ''}.json"
+    seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
+    rows = set(args.rows.split(","))
+    info, t0 = machine(), time.perf_counter()
+    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs)
+    mnist = mnist_table(out, rows, seeds, args.quick, args.epochs)
+    result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+              "seeds": seeds, "teacher_seeds": list(TEACHER_SEEDS), "fashion_mnist": fashion, "mnist": mnist,
+              "configs": {row: f"configs/methods_{name}.yaml" for row, name in FASHION_ROWS.items() if name},
+              "mnist_losses": MNIST_LOSSES, "wall_seconds": round(time.perf_counter() - t0, 1),
+              "machine": {**info, "loadavg_at_end": os.getloadavg()}}
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2))
+    quick = "  [QUICK: tiny subset, 1 epoch, not comparable]" if args.quick else ""
+    print_table(f"Fashion-MNIST, CNN teacher -> small CNN, {len(seeds)} seed(s), last-epoch test accuracy "
+                f"({fashion['test_samples']} images){quick}", fashion["table"])
+    print_table(f"MNIST, bundled ccexam CNN -> MLP 784-256-10{quick}", mnist["table"])
+    print(f"\n{result['wall_seconds']:.0f}s; wrote {json_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
