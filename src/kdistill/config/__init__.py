@@ -45,8 +45,9 @@ class RunConfig(Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     generate: Optional[GenerateConfig] = None
 
-    #: the model architectures this task trains (students and teachers)
+    #: the model architectures this task trains (students and teachers), and its teacher kinds
     archs: ClassVar[tuple[str, ...]] = ()
+    teacher_kinds: ClassVar[tuple[str, ...]] = ("live",)
 
     def __new__(cls, *args, **fields):
         if cls is RunConfig:
@@ -77,6 +78,9 @@ class RunConfig(Strict):
 
     @model_validator(mode="after")
     def _teacher_fits_task(self):
+        if self.teacher is not None and self.teacher.kind not in self.teacher_kinds:
+            raise ValueError(f"teacher.kind {self.teacher.kind} is not available for task {self.task}: it "
+                             f"takes {' or '.join(self.teacher_kinds)}")
         spec = getattr(self.teacher, "model", None)  # a cache may name no model
         if spec is not None and spec.arch not in self.archs:
             raise ValueError(f"teacher.model.arch {spec.arch} does not fit task {self.task}: it takes "
@@ -148,6 +152,7 @@ class ClassificationConfig(RunConfig):
     student: ImageModelSpec = Field(default_factory=MLPSpec)
     loss: KDLoss = Field(default_factory=KDLoss)
     archs: ClassVar[tuple[str, ...]] = ("mlp", "cnn", "pretrained")
+    teacher_kinds: ClassVar[tuple[str, ...]] = ("live", "cache", "ensemble")
 
 
 class TextClassificationConfig(RunConfig):
