@@ -203,6 +203,22 @@ def generate(config: Path = CONFIG) -> None:
     typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
 
 
+@app.command()
+def tasks(name: str = typer.Argument(..., help="task family: add, mul, countdown, sort or word"),
+          out: Path = typer.Option(..., "--out", help="folder for train/test/test_hard.jsonl and meta.json"),
+          seed: int = typer.Option(0, help="problems are a function of (family, seed, version)"),
+          train_size: int = typer.Option(2000, "--train", min=1, help="training problems"),
+          test_size: int = typer.Option(200, "--test", min=1, help="problems in each test split")) -> None:
+    """Write a verifiable reasoning task (prompt, answer, worked solution) with an in-distribution
+    and a harder test split, for reasoning distillation (README: Reasoning distillation)."""
+    from kdistill.reasoning.tasks import write_task
+
+    meta = write_task(name, out, seed=seed, train=train_size, test=test_size)
+    typer.echo(f"wrote {out}: {name} v{meta['version']} seed {seed}, {train_size} train, {test_size} test, "
+               f"{test_size} test_hard ({meta['level']['meaning']} {meta['level']['in_distribution']} -> "
+               f"{meta['level']['hard']})")
+
+
 def main() -> None:
     """Entry point: user errors print one line and exit 2, not a traceback."""
     try:
