@@ -108,3 +108,18 @@ def test_other_seed_other_samples(tmp_path):
     b = sample_traces(_model(tok), tok, PROBLEMS, tmp_path / "b.jsonl", seed=1, **kw)
     assert [t["completion"] for t in _read(tmp_path / "a.jsonl")] != [t["completion"] for t in _read(tmp_path / "b.jsonl")]
     assert a["samples_drawn"] == b["samples_drawn"] == 36
+
+
+def test_plain_generation_still_answers_every_prompt_once(tmp_path):
+    from kdistill.generation import generate_answers
+
+    tok = bundled_tokenizer("chars")
+    prompts = [p["prompt"] for p in PROBLEMS]
+    model = ScriptedLM(tok, {}, greedy={p: f"answer: {len(p)}" for p in prompts})
+    out = tmp_path / "answers.jsonl"
+    assert generate_answers(model, tok, prompts, out, batch_size=4, progress=False) == 6
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:4]) + "\n" + lines[4][:7])  # cut in the second batch
+    assert generate_answers(model, tok, prompts, out, batch_size=4, progress=False) == 2
+    assert out.read_text().splitlines() == lines
+    assert [json.loads(x)["completion"] for x in lines] == [f"answer: {len(p)}" for p in prompts]

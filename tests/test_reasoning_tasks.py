@@ -67,3 +67,15 @@ def test_unknown_family_and_too_many_problems_are_one_clear_error(tmp_path):
         make_split("countdown", "train", 100_000, seed=0)  # far more than the family holds
     with pytest.raises(DataError, match="kdistill tasks"):
         read_problems(tmp_path / "missing.jsonl")
+
+
+def test_tasks_command_writes_the_splits(tmp_path):
+    from typer.testing import CliRunner
+
+    from kdistill.cli import app
+
+    result = CliRunner().invoke(app, ["tasks", "sort", "--out", str(tmp_path), "--seed", "2", "--train", "20",
+                                      "--test", "5"])
+    assert result.exit_code == 0, result.output
+    assert "sort v1 seed 2" in result.output
+    assert len((tmp_path / "test_hard.jsonl").read_text().splitlines()) == 5

@@ -79,8 +79,18 @@ def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goe
          epochs: Optional[int] = typer.Option(None, help="override the demo's epochs"),
          seeds: int = SEEDS,
          llm: bool = typer.Option(False, "--llm", help="distil SmolLM2-135M-Instruct into a small "
-                                                       "Llama on local text instead")) -> None:
+                                                       "Llama on local text instead"),
+         reasoning: bool = typer.Option(False, "--reasoning", help="reasoning distillation instead: a teacher "
+                                        "trained on worked solutions, verified traces, exact match")) -> None:
     """The embedded default: distil the bundled MNIST CNN into a small MLP, with the proof."""
+    if reasoning:
+        from kdistill.reasoning.study import format_study, run_demo
+
+        out = output_dir or Path("runs/reasoning-demo")
+        result = run_demo(out, echo=typer.echo)
+        typer.echo(format_study(result, "reasoning demo: 3-digit addition, greedy exact match, same student steps"))
+        typer.echo(f"run directory: {out}")
+        return
     if llm:
         from kdistill.lm_demo import run_llm_demo
 
