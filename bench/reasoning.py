@@ -18,7 +18,7 @@ in distribution and on the harder split (5-digit numbers), mean ± std over seed
 trained target tokens, and the generation cost of the traces (samples drawn, accepted, CPU s).
 
     python bench/reasoning.py              # full: 3 seeds (about 45 minutes on 2 idle cores)
-    python bench/reasoning.py --quick      # ~1-2 minutes, same code path, tiny budgets: not comparable
+    python bench/reasoning.py --quick      # a few minutes on 2 idle cores, same code path, tiny budgets
 
 Finished roles are reused (same config), generation resumes: an interrupted run continues.
 """
@@ -42,7 +42,7 @@ from kdistill.reasoning.study import FIT, format_study, run_study
 
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = tuple(FIT)
-QUICK = {"train_size": 240, "test_size": 24, "teacher_steps": 120, "student_steps": 40, "batch_size": 16,
+QUICK = {"train_size": 240, "test_size": 24, "teacher_steps": 300, "student_steps": 60, "batch_size": 16,
          "eval_limit": 24, "samples": 2}
 FULL = {"train_size": 2000, "test_size": 200}
 
@@ -86,7 +86,7 @@ def targets(recipes: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="tiny budgets (~1-2 minutes): the code path, not the figures")
+    p.add_argument("--quick", action="store_true", help="tiny budgets (a few minutes): the code path, not the figures")
     p.add_argument("--seeds", default=None, help="student seeds (default 0,1,2; --quick: 0)")
     p.add_argument("--recipes", default=",".join(RECIPES), help="which recipes (default: all)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (1 is best on a shared machine)")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from kdistill.errors import DataError
 from kdistill.reasoning.evaluate import reasoning_fields
 
 #: recipe -> how its student is fitted ("train": sequence level on its data; "distill": with the teacher)
@@ -71,6 +72,9 @@ def _generate(cfg, echo) -> dict:
     echo(f"  {cfg.name}: sampling traces into {cfg.generate.output}")
     out = runs.generate(cfg, progress=False)
     summary = json.loads(sidecar(Path(out), "summary").read_text())
+    if summary["kept"] == 0:
+        raise DataError(f"{out}: the teacher's {summary['samples_drawn']} samples include no answer the checker "
+                        "accepts: train the teacher longer (train.max_steps) or draw more (generate.samples)")
     return {**summary, "wall_seconds_this_invocation": time.perf_counter() - t0}
 
 

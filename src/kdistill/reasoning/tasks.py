@@ -23,6 +23,7 @@ from kdistill.errors import ConfigError, DataError
 TASKS_VERSION = 1
 SPLITS = ("train", "test", "test_hard")
 MARKER = "answer:"
+MAX_MISSES = 2000
 
 
 def _number(rng: random.Random, digits: int) -> int:
@@ -144,14 +145,16 @@ def make_split(name: str, split: str, n: int, seed: int, exclude: set[str] = fro
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
     rng = random.Random(f"kdistill-tasks-v{TASKS_VERSION}:{name}:{seed}:{split}")
     level = fam.hard if split == "test_hard" else fam.level
-    records, seen = [], set(exclude)
-    for _ in range(50 * n + 100):
+    records, seen, misses = [], set(exclude), 0
+    while misses < MAX_MISSES:  # that many repeats in a row: the family has no more distinct problems
         if len(records) == n:
             return records
         raw = fam.make(rng, level)
         if raw["prompt"] in seen:
+            misses += 1
             continue
         seen.add(raw["prompt"])
+        misses = 0
         records.append(problem(name, raw, f"{name}-{split}-{len(records)}"))
     raise DataError(f"task {name}: only {len(records)} distinct {split} problems found, {n} asked for; "
                     "ask for fewer")
