@@ -22,7 +22,7 @@ FIT = {"answers": "train", "reference": "train", "traces": "train", "unfiltered"
        "traces_kd": "distill", "gkd": "distill"}
 LABELS = {"answers": "answers only", "reference": "reference solutions", "traces": "verified traces (R1)",
           "unfiltered": "unfiltered traces (control)", "traces_kd": "traces + token-level KD",
-          "gkd": "on-policy GKD from traces' prompts"}
+          "gkd": "on-policy GKD (traces' prompts)"}
 
 
 def _load_model(folder: Path):
