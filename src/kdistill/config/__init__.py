@@ -24,9 +24,9 @@ from pydantic import Field, ValidationError, model_validator
 from kdistill.config.base import Strict, format_validation_error
 from kdistill.config.data import DataConfig, LMDataConfig, TextDataConfig
 from kdistill.config.losses import KDLoss, LMLoss, TextKDLoss
-from kdistill.config.reasoning import CheckerConfig, ReasoningEvalConfig
 from kdistill.config.models import (CNNSpec, HFCausalLMSpec, HFSpec, ImageModelSpec, MLPSpec, ModelSpec,
                                     PretrainedSpec, TextCNNSpec, TextModelSpec)
+from kdistill.config.reasoning import CheckerConfig, ReasoningEvalConfig
 from kdistill.config.training import (CacheTeacherConfig, GenerateConfig, LiveTeacherConfig, LogConfig,
                                       OptimConfig, TeacherConfig, TrainConfig)
 from kdistill.errors import ConfigError
