@@ -83,8 +83,18 @@ def demo(output_dir: Optional[Path] = typer.Option(None, help="where the run goe
          epochs: Optional[int] = typer.Option(None, help="override the demo's epochs"),
          seeds: int = SEEDS,
          llm: bool = typer.Option(False, "--llm", help="distil SmolLM2-135M-Instruct into a small "
-                                                       "Llama on local text instead")) -> None:
+                                                       "Llama on local text instead"),
+         reasoning: bool = typer.Option(False, "--reasoning", help="reasoning distillation instead: a teacher "
+                                        "trained on worked solutions, verified traces, exact match")) -> None:
     """The embedded default: distil the bundled MNIST CNN into a small MLP, with the proof."""
+    if reasoning:
+        from kdistill.reasoning.study import format_study, run_demo
+
+        out = output_dir or Path("runs/reasoning-demo")
+        result = run_demo(out, echo=typer.echo)
+        typer.echo(format_study(result, "reasoning demo: 3-digit addition, greedy exact match, same student steps"))
+        typer.echo(f"run directory: {out}")
+        return
     if llm:
         from kdistill.lm_demo import run_llm_demo
 
@@ -205,6 +215,22 @@ def generate(config: Path = CONFIG) -> None:
     from kdistill.runs import generate as run_generate
 
     typer.echo(f"wrote {run_generate(RunConfig.from_yaml(config))}")
+
+
+@app.command()
+def tasks(name: str = typer.Argument(..., help="task family: add, mul, countdown, sort or word"),
+          out: Path = typer.Option(..., "--out", help="folder for train/test/test_hard.jsonl and meta.json"),
+          seed: int = typer.Option(0, help="problems are a function of (family, seed, version)"),
+          train_size: int = typer.Option(2000, "--train", min=1, help="training problems"),
+          test_size: int = typer.Option(200, "--test", min=1, help="problems in each test split")) -> None:
+    """Write a verifiable reasoning task (prompt, answer, worked solution) with an in-distribution
+    and a harder test split, for reasoning distillation (README: Reasoning distillation)."""
+    from kdistill.reasoning.tasks import write_task
+
+    meta = write_task(name, out, seed=seed, train=train_size, test=test_size)
+    typer.echo(f"wrote {out}: {name} v{meta['version']} seed {seed}, {train_size} train, {test_size} test, "
+               f"{test_size} test_hard ({meta['level']['meaning']} {meta['level']['in_distribution']} -> "
+               f"{meta['level']['hard']})")
 
 
 DEBUG_ENV = "KDISTILL_DEBUG"

@@ -11,7 +11,7 @@ import io
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Callable
 
 import numpy as np
@@ -200,7 +200,11 @@ class LMReport:
     tokens_per_s: float
     tokens: int = 0
     eval_seconds: float = math.nan
-    exact_match: float | None = None
+    exact_match: float | None = None          # greedy answers the checker accepts (config `reasoning:`)
+    exact_match_hard: float | None = None     # the same on the harder split
+    pass_at_k: float | None = None            # k of reasoning.pass_k, from reasoning.samples answers
+    reasoning_tokens: float | None = None     # mean length of the greedy answers, tokens
+    generate_tokens_per_s: float | None = None
 
 
 def compare(models: dict[str, nn.Module], task, batches, *, teacher: str | None = "teacher",
@@ -281,17 +285,21 @@ def aggregate_rows(runs: list[list]) -> list[dict]:
 # (header, field, kind): shared by the CLI table and the HTML report.
 COLUMNS = [
     ("model", "name", "text"), ("accuracy", "accuracy", "pct"), ("top-5", "top5_accuracy", "pct"),
-    ("test errors", "errors", "int"), ("NLL", "nll", "float"), ("ECE", "ece", "float"),
+    ("test errors", "errors", "int"), ("ppl", "ppl", "float"), ("NLL", "nll", "float"), ("ECE", "ece", "float"),
     ("agree w/ teacher", "agreement", "pct"), ("KL to teacher", "kl_to_teacher", "float"),
     ("params", "parameters", "int"), ("size", "size_bytes", "mb"),
     ("latency b1", "latency_ms_b1", "ms"), ("p95", "latency_ms_b1_p95", "ms"),
     ("throughput", "throughput_per_s", "rate"),
+    ("exact match", "exact_match", "pct"), ("exact match (hard)", "exact_match_hard", "pct"),
+    ("pass@k", "pass_at_k", "pct"), ("answer tokens", "reasoning_tokens", "len"),
+    ("generate", "generate_tokens_per_s", "rate"),
 ]
 
 
 # kind -> (scale, decimals, unit)
 _FORMATS = {"pct": (100, 2, "%"), "int": (1, 0, ""), "float": (1, 4, ""), "mb": (1e-6, 3, " MB"),
-            "ms": (1, 3, " ms"), "rate": (1, 0, "/s")}
+            "ms": (1, 3, " ms"), "rate": (1, 0, "/s"),
+            "len": (1, 1, "")}
 
 
 def format_cell(kind: str, value) -> str:
@@ -314,7 +322,7 @@ def format_cell(kind: str, value) -> str:
 
 def table_cells(rows: list[ModelReport] | list[dict]) -> tuple[list[str], list[list[str]]]:
     """Headers and formatted cells, dropping columns that are empty for every model."""
-    dicts = [asdict(r) if isinstance(r, ModelReport) else r for r in rows]
+    dicts = [asdict(r) if is_dataclass(r) else r for r in rows]
     cols = [c for c in COLUMNS if c[2] == "text" or any(format_cell(c[2], d.get(c[1])) != "-" for d in dicts)]
     return [c[0] for c in cols], [[format_cell(kind, d.get(key)) for _, key, kind in cols] for d in dicts]
 
@@ -323,7 +331,9 @@ def verdict(rows: list[ModelReport] | list[dict]) -> tuple[bool | None, str]:
     """Did distillation pay? (held, one sentence): the distilled student against the same
     architecture trained from scratch, and against the teacher. ``held`` is None without both
     students. Over seeds it compares means and says whether the gap exceeds the spread."""
-    dicts = {d["name"]: d for d in (asdict(r) if isinstance(r, ModelReport) else r for r in rows)}
+    dicts = {d["name"]: d for d in (asdict(r) if is_dataclass(r) else r for r in rows)}
+    if any("accuracy" not in d for d in dicts.values()):
+        return None, ""  # causal-LM rows: no single accuracy to judge by
 
     def acc(name):
         a = dicts[name]["accuracy"]

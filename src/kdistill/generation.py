@@ -3,8 +3,10 @@ student sampling its own continuations during training (on-policy distillation, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -54,7 +56,55 @@ def _done_ids(path: Path) -> set[int]:
     return done
 
 
+@contextlib.contextmanager
+def left_padding(tokenizer):
+    """Generation continues from the right end of every row: pad prompts on the left."""
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        yield tokenizer
+    finally:
+        tokenizer.padding_side = side
+
+
+def completion_length(row: list[int], eos_id: int | None) -> int:
+    """Generated tokens of one row: up to and including the first eos, else all of them."""
+    return row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+
+
 @torch.no_grad()
+def sample_completions(model: nn.Module, tokenizer, texts: list[str], *, samples: int = 1,
+                       do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+                       max_new_tokens: int = 128, seed: int = 0) -> list[list[tuple[str, int]]]:
+    """``samples`` completions of each text as (decoded text, generated tokens), sampled under
+    ``torch.manual_seed(seed)`` (greedy when not ``do_sample``). The tokenizer must pad left."""
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    torch.manual_seed(seed)
+    kw = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+          "num_return_sequences": samples}
+    if do_sample:
+        kw.update(temperature=temperature, top_p=top_p, top_k=0)
+    was_training = model.training
+    model.eval()
+    out = model.generate(**enc.to(model.device), **kw)
+    model.train(was_training)
+    rows = out[:, enc["input_ids"].shape[1]:].tolist()
+    decoded = [(tokenizer.decode(row, skip_special_tokens=True), completion_length(row, tokenizer.eos_token_id))
+               for row in rows]
+    return [decoded[i * samples:(i + 1) * samples] for i in range(len(texts))]
+
+
+def prompt_batches(count: int, batch_size: int, done: set[int]) -> list[list[int]]:
+    """Batches fixed by prompt position (so a resumed run samples exactly the same batches), less
+    those already done."""
+    batches = [list(range(s, min(s + batch_size, count))) for s in range(0, count, batch_size)]
+    return [ids for ids in batches if not set(ids) <= done]
+
+
+def batch_seed(seed: int, ids: list[int]) -> int:
+    return seed * 1_000_003 + ids[0]
+
+
 def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Path, *,
                      max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                      top_p: float = 1.0, batch_size: int = 8, chat_template: bool = True, seed: int = 0,
@@ -62,44 +112,142 @@ def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Pa
     """Append the model's answer to each prompt to ``output`` (JSONL: id, prompt as the model saw
     it, raw_prompt, completion), batch by batch, flushed and fsynced; prompts already answered in
     ``output`` are skipped, so an interrupted run resumes. Batch b's sampling is seeded by
-    (seed, b) and batches are fixed by prompt position, so a resumed run writes what an uninterrupted one would. Returns how many were new."""
+    (seed, b) and batches are fixed by prompt position, so a resumed run writes what an
+    uninterrupted one would. Returns how many were new."""
     from tqdm.auto import tqdm
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     done = _done_ids(output)
-    # batches are fixed by prompt position, so a resumed run samples exactly the same batches
-    batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
-    batches = [ids for ids in batches if not set(ids) <= done]
-    model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right end of every row
     written = 0
+    with left_padding(tokenizer), open(output, "a", encoding="utf-8") as fh:
+        for ids in tqdm(prompt_batches(len(prompts), batch_size, done), desc="generate", disable=not progress,
+                        leave=False):
+            texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
+            answers = sample_completions(model, tokenizer, texts, do_sample=do_sample, temperature=temperature,
+                                         top_p=top_p, max_new_tokens=max_new_tokens, seed=batch_seed(seed, ids))
+            for i, text, ((completion, _),) in zip(ids, texts, answers):
+                if i in done:
+                    continue
+                fh.write(json.dumps({"id": i, "prompt": text, "raw_prompt": prompts[i],
+                                     "completion": completion, "teacher": source,
+                                     "do_sample": do_sample}) + "\n")
+                written += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+    return written
+
+
+KEEP = ("all", "first_correct", "all_correct", "shortest_correct")
+
+
+def kept_samples(correct: list[bool], lengths: list[int], keep: str) -> list[int]:
+    """Which of one prompt's samples are written: every one (``all``, the unfiltered control),
+    or of those the checker accepts the first, every one, or the shortest (the first on ties)."""
+    if keep == "all":
+        return list(range(len(correct)))
+    accepted = [j for j, ok in enumerate(correct) if ok]
+    if keep == "all_correct" or not accepted:
+        return accepted
+    if keep == "first_correct":
+        return accepted[:1]
+    if keep == "shortest_correct":
+        return [min(accepted, key=lambda j: (lengths[j], j))]
+    raise ConfigError(f"generate.keep must be one of {', '.join(KEEP)}, got {keep!r}")
+
+
+def sidecar(output: Path, what: str) -> Path:
+    """OUT.jsonl's per-prompt stats (``stats``, .stats.jsonl) and totals (``summary``, .summary.json)."""
+    return output.with_name(output.stem + (".stats.jsonl" if what == "stats" else ".summary.json"))
+
+
+def _resume_traces(output: Path, stats: Path, settings: str) -> set[int]:
+    """Prompts finished by an earlier run (their stats line was written after their traces);
+    traces of an unfinished prompt are dropped, so they are not written twice."""
+    done = _done_ids(stats)
+    for line in stats.read_text(encoding="utf-8").splitlines() if stats.is_file() else ():
+        if json.loads(line).get("settings") != settings:
+            raise ConfigError(f"{output} was sampled with other generate settings: delete it and "
+                              f"{stats.name}, or set another generate.output")
+    if output.is_file():
+        kept = [line for line in output.read_text(encoding="utf-8").splitlines()
+                if _record_id(line) in done]
+        atomic_write_text(output, "".join(line + "\n" for line in kept))
+    return done
+
+
+def _record_id(line: str) -> int | None:
     try:
-        with open(output, "a", encoding="utf-8") as fh:
-            for ids in tqdm(batches, desc="generate", disable=not progress, leave=False):
-                texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                torch.manual_seed(seed * 1_000_003 + ids[0])
-                kw = {"do_sample": do_sample, "max_new_tokens": max_new_tokens,
-                      "pad_token_id": tokenizer.pad_token_id}
-                if do_sample:
-                    kw.update(temperature=temperature, top_p=top_p, top_k=0)
-                out = model.generate(**enc.to(model.device), **kw)
-                new = out[:, enc["input_ids"].shape[1]:]
-                for i, text, row in zip(ids, texts, new):
-                    if i in done:
-                        continue
-                    completion = tokenizer.decode(row, skip_special_tokens=True)
-                    fh.write(json.dumps({"id": i, "prompt": text, "raw_prompt": prompts[i],
-                                         "completion": completion, "teacher": source,
-                                         "do_sample": do_sample}) + "\n")
-                    written += 1
+        return int(json.loads(line)["id"])
+    except (json.JSONDecodeError, KeyError, ValueError, TypeError):
+        return None
+
+
+def sample_traces(model: nn.Module, tokenizer, records: list[dict], output: Path, *, checker,
+                  samples: int = 4, keep: str = "first_correct", max_new_tokens: int = 128,
+                  do_sample: bool = True, temperature: float = 1.0, top_p: float = 1.0,
+                  batch_size: int = 8, chat_template: bool = True, seed: int = 0, source: str = "",
+                  progress: bool = True) -> dict:
+    """Rejection sampling: ``samples`` answers per problem record ({prompt, answer, ...}), each
+    checked by ``checker``; the ``keep`` ones are written to ``output`` (JSONL: id, sample, prompt,
+    completion, correct, tokens), and each prompt's pass rate to OUT.stats.jsonl after its
+    traces, so an interrupted run resumes where it stopped and writes what an uninterrupted one
+    would (batch sampling is seeded by (seed, batch)). Returns the totals, also in OUT.summary.json:
+    samples drawn, accepted, kept, prompts solved, mean pass rate, CPU seconds."""
+    from tqdm.auto import tqdm
+
+    if keep not in KEEP:
+        raise ConfigError(f"generate.keep must be one of {', '.join(KEEP)}, got {keep!r}")
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stats_path = sidecar(output, "stats")
+    settings = json.dumps({"samples": samples, "keep": keep, "max_new_tokens": max_new_tokens,
+                           "do_sample": do_sample, "temperature": temperature, "top_p": top_p,
+                           "batch_size": batch_size, "seed": seed, "source": source, "checker": repr(checker)},
+                          sort_keys=True)
+    done = _resume_traces(output, stats_path, settings)
+    with left_padding(tokenizer), open(output, "a", encoding="utf-8") as traces, \
+            open(stats_path, "a", encoding="utf-8") as stats:
+        for ids in tqdm(prompt_batches(len(records), batch_size, done), desc="sample traces",
+                        disable=not progress, leave=False):
+            cpu = time.process_time()
+            texts = [format_prompt(tokenizer, records[i]["prompt"], chat_template) for i in ids]
+            answers = sample_completions(model, tokenizer, texts, samples=samples, do_sample=do_sample,
+                                         temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                                         seed=batch_seed(seed, ids))
+            seconds = (time.process_time() - cpu) / len(ids)
+            lines, stat_lines = [], []
+            for i, text, drawn in zip(ids, texts, answers):
+                if i in done:
+                    continue
+                correct = [checker.accepts(records[i], completion) for completion, _ in drawn]
+                chosen = kept_samples(correct, [n for _, n in drawn], keep)
+                for j in chosen:
+                    lines.append({"id": i, "task_id": records[i].get("id"), "sample": j, "prompt": text,
+                                  "raw_prompt": records[i]["prompt"], "completion": drawn[j][0],
+                                  "answer": records[i]["answer"], "correct": correct[j], "tokens": drawn[j][1],
+                                  "teacher": source})
+                stat_lines.append({"id": i, "samples": samples, "correct": sum(correct),
+                                   "pass_rate": sum(correct) / samples, "kept": len(chosen),
+                                   "cpu_seconds": seconds, "settings": settings})
+            for fh, rows in ((traces, lines), (stats, stat_lines)):  # traces first: stats mark a prompt done
+                fh.write("".join(json.dumps(r) + "\n" for r in rows))
                 fh.flush()
                 os.fsync(fh.fileno())
-    finally:
-        tokenizer.padding_side = side
-    return written
+    summary = trace_summary(stats_path)
+    atomic_write_text(sidecar(output, "summary"), json.dumps({**summary, "settings": json.loads(settings)}, indent=2))
+    return summary
+
+
+def trace_summary(stats: Path) -> dict:
+    """Totals of a rejection-sampling run from its per-prompt stats."""
+    rows = [json.loads(line) for line in Path(stats).read_text(encoding="utf-8").splitlines()]
+    n = max(len(rows), 1)
+    return {"prompts": len(rows), "samples_drawn": sum(r["samples"] for r in rows),
+            "accepted": sum(r["correct"] for r in rows), "kept": sum(r["kept"] for r in rows),
+            "prompts_solved": sum(r["correct"] > 0 for r in rows),
+            "mean_pass_rate": sum(r["pass_rate"] for r in rows) / n,
+            "cpu_seconds": sum(r["cpu_seconds"] for r in rows)}
 
 
 class OnPolicyBatches:

@@ -27,6 +27,7 @@ from kdistill.config.data import DataConfig, LMDataConfig, TextDataConfig
 from kdistill.config.losses import KDLoss, LMLoss, TextKDLoss
 from kdistill.config.models import (CNNSpec, HFCausalLMSpec, HFSpec, ImageModelSpec, MLPSpec, ModelSpec,
                                     PretrainedSpec, TextCNNSpec, TextModelSpec)
+from kdistill.config.reasoning import CheckerConfig, ReasoningEvalConfig
 from kdistill.config.training import (CacheTeacherConfig, GenerateConfig, LiveTeacherConfig, LogConfig,
                                       OptimConfig, TeacherConfig, TrainConfig)
 from kdistill.errors import ConfigError
@@ -186,6 +187,8 @@ class CausalLMConfig(RunConfig):
     student: HFCausalLMSpec
     loss: LMLoss = Field(default_factory=LMLoss)
     optim: OptimConfig = Field(default_factory=_lm_optim)
+    reasoning: Optional[ReasoningEvalConfig] = Field(
+        None, description="generation-based evaluation: exact match on held-out problems in the comparison")
     archs: ClassVar[tuple[str, ...]] = ("hf_causal_lm",)
 
 
@@ -204,7 +207,7 @@ def datasets_of(cls: type[RunConfig]) -> tuple[str, ...]:
     return get_args(cls.model_fields["data"].annotation.model_fields["dataset"].annotation)
 
 
-__all__ = ["CNNSpec", "CacheTeacherConfig", "CausalLMConfig", "ClassificationConfig", "DataConfig",
+__all__ = ["CNNSpec", "CacheTeacherConfig", "CheckerConfig", "ReasoningEvalConfig", "CausalLMConfig", "ClassificationConfig", "DataConfig",
            "GenerateConfig", "HFCausalLMSpec", "HFSpec", "KDLoss", "LMDataConfig", "LMLoss",
            "LiveTeacherConfig", "LogConfig", "MLPSpec", "ModelSpec", "OptimConfig", "PretrainedSpec",
            "RunConfig", "TASKS", "TextCNNSpec", "TextClassificationConfig", "TextDataConfig",

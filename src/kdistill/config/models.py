@@ -112,11 +112,16 @@ class HFCausalLMSpec(_ModelBase):
     revision: Optional[str] = None
     trust_remote_code: bool = Field(False, description="run the model repository's own code (off unless asked)")
     _no_code = field_validator("config")(validate.check_model_config)
+    tokenizer: Optional[Literal["chars"]] = Field(
+        None, description="a config-built model without a pretrained tokenizer: chars = one token per "
+                          "character of the reasoning tasks' alphabet (kdistill.reasoning.tokenizer)")
 
     @model_validator(mode="after")
     def _one_origin(self) -> "HFCausalLMSpec":
         if (self.source is None) == (self.config is None):
             raise ValueError("give exactly one of source (pretrained) or config (a new model)")
+        if self.tokenizer is not None and self.source is not None:
+            raise ValueError("tokenizer applies to a model built from config (a pretrained source has its own)")
         if self.config is not None and "model_type" not in self.config:
             raise ValueError("config needs a model_type (e.g. llama)")
         return self

@@ -10,6 +10,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from kdistill.config.base import Strict
 from kdistill.config.models import ModelSpec
 from kdistill.guard import DivergenceGuardConfig
+from kdistill.config.reasoning import CheckerConfig
 from kdistill.schedules import ScheduleSpec
 
 
@@ -66,6 +67,27 @@ class GenerateConfig(Strict):
     batch_size: int = Field(8, gt=0)
     chat_template: bool = Field(True, description="wrap prompts in the tokenizer's chat template if it has one")
     limit: Optional[int] = Field(None, gt=0, description="answer only the first N prompts")
+    samples: int = Field(1, gt=0, description="answers drawn per prompt (rejection sampling: > 1, do_sample)")
+    keep: Literal["all", "first_correct", "all_correct", "shortest_correct"] = Field(
+        "all", description="which answers are written: all (unfiltered), or those the checker accepts "
+                           "(the first, every one, or the shortest); per-prompt pass rates go beside")
+    checker: Optional[CheckerConfig] = Field(
+        None, description="accepts an answer against the prompt record's `answer` (JSONL prompts)")
+    answer_field: str = "answer"
+
+    @model_validator(mode="after")
+    def _sampling_fits(self):
+        if self.samples > 1 and not self.do_sample:
+            raise ValueError("samples > 1 needs do_sample: true (greedy answers would all be the same)")
+        if self.keep != "all" and self.prompts.suffix != ".jsonl":
+            raise ValueError(f"keep: {self.keep} checks answers: prompts must be JSONL records with "
+                             f"an `{self.answer_field}` field")
+        return self
+
+    @property
+    def checked(self) -> bool:
+        """Whether answers are checked (rejection sampling) rather than written as they come."""
+        return self.samples > 1 or self.keep != "all" or self.checker is not None
 
 
 class LiveTeacherConfig(Strict):

@@ -16,6 +16,7 @@ from kdistill.errors import ConfigError, ExportError
 from kdistill.evaluate import LMReport, model_bytes, throughput
 from kdistill.losses.objectives import build_objective
 from kdistill.models import count_parameters, load_weights
+from kdistill.reasoning.evaluate import reasoning_fields, reasoning_split
 from kdistill.models.hf import (check_vocabularies, load_causal_lm, load_tokenizer, output_rows, save_hf,
                                 student_from_config)
 from kdistill.runs.recipes.base import Plan, Recipe
@@ -76,8 +77,16 @@ class CausalLMRecipe(Recipe):
             return load_tokenizer(spec)
         if cfg.student.source is not None:
             return load_tokenizer(cfg.student)
+        named = {n for n in (getattr(spec, "tokenizer", None), cfg.student.tokenizer) if n is not None}
+        if len(named) > 1:
+            raise ConfigError(f"teacher.model.tokenizer and student.tokenizer differ ({' vs '.join(sorted(named))}): "
+                              "the student reads the teacher's tokens, so give both the same")
+        if named:
+            from kdistill.reasoning.tokenizer import bundled_tokenizer
+
+            return bundled_tokenizer(named.pop())
         raise ConfigError("no tokenizer: give the teacher (teacher.model.source) or the student "
-                          "(student.source) a pretrained source")
+                          "(student.source) a pretrained source, or a config-built one `tokenizer: chars`")
 
     def build_data(self, cfg):
         tokenizer = self.tokenizer(cfg)
@@ -179,12 +188,14 @@ class CausalLMRecipe(Recipe):
             metrics = task.evaluate(model, batches)
             seconds = time.perf_counter() - t0
             rate = throughput(model, timed) * sample["input_ids"].shape[1]
+            solved = reasoning_fields(cfg.reasoning, data.tokenizer, model, cfg.seed) if cfg.reasoning else {}
             rows.append(LMReport(name=name, ppl=metrics["ppl"], nll=metrics["nll"],
                                  agreement=metrics.get("agreement"), kl_to_teacher=metrics.get("kl_to_teacher"),
                                  parameters=count_parameters(model), size_bytes=model_bytes(model),
-                                 tokens_per_s=rate, tokens=metrics["tokens"], eval_seconds=seconds))
+                                 tokens_per_s=rate, tokens=metrics["tokens"], eval_seconds=seconds, **solved))
         return rows, {"split": "held-out", "samples": len(data.val), "dataset": data.splits.identity,
-                      "train_target_tokens": data.train.target_tokens()}
+                      "train_target_tokens": data.train.target_tokens(),
+                      **({"reasoning": reasoning_split(cfg.reasoning)} if cfg.reasoning else {})}
 
     def export_checks(self, model, folder, name, inputs, quantize) -> dict:
         return {"generation": greedy_parity(model, folder, name, inputs, quantize)}
