@@ -298,7 +298,7 @@ class LossConfig(Strict):
     layer_map: Optional[list[tuple[int, int]]] = Field(
         None, description="text: [student, teacher] hidden-state indices (0 = embeddings, i = layer i)"
                           "; default: a uniform map including 0 -> 0")
-    # causal_lm only: the token-level divergence and its parameters (see losses/token.py)
+    # causal_lm only: the token-level divergence and its parameters (see losses/divergences.py)
     divergence: Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"] = "forward_kl"
     jsd_beta: float = Field(0.5, ge=0, le=1, description="GKD's beta: 0 = forward KL, 1 = reverse KL")
     skew: float = Field(0.1, ge=0, lt=1, description="skew KL's mixing weight alpha")

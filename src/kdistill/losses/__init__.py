@@ -6,15 +6,14 @@ optimizer step (all micro-batches, all processes), so gradient accumulation and 
 optimise exactly the same objective as one large batch.
 """
 
-from kdistill.losses.classification import (
-    Reduction,
-    hard_cross_entropy,
-    kd_objective,
-    reduce,
-    soft_target_kl,
-)
+from kdistill.losses.classification import hard_cross_entropy, kd_objective, soft_target_kl
+from kdistill.losses.divergences import DIVERGENCES, divergence_from_log_probs, token_divergence
+from kdistill.losses.fused import TokenLossSpec, chunked_weighted_loss, default_chunk_tokens
 from kdistill.losses.intermediate import attention_kl, hidden_state_mse
+from kdistill.losses.reduction import Reduction, reduce
 from kdistill.losses.topk import TopKLogits, topk_soft_target_kl
 
-__all__ = ["Reduction", "TopKLogits", "attention_kl", "hard_cross_entropy", "hidden_state_mse",
-           "kd_objective", "reduce", "soft_target_kl", "topk_soft_target_kl"]
+__all__ = ["DIVERGENCES", "Reduction", "TokenLossSpec", "TopKLogits", "attention_kl",
+           "chunked_weighted_loss", "default_chunk_tokens", "divergence_from_log_probs",
+           "hard_cross_entropy", "hidden_state_mse", "kd_objective", "reduce", "soft_target_kl",
+           "token_divergence", "topk_soft_target_kl"]
