@@ -42,12 +42,7 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
-    if rows and isinstance(rows[0], dict) and "ppl" in rows[0]:  # causal-LM comparisons
-        from kdistill.lm_runs import format_lm_table
-
-        typer.echo(format_lm_table(rows, title))
-        return
-    from kdistill.evaluate import format_table
+    from kdistill.present import format_table  # classifier and causal-LM rows alike
 
     typer.echo(format_table(rows, title))
 

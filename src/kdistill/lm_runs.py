@@ -175,20 +175,9 @@ def compare_lm(models: dict[str, nn.Module], teacher: TeacherSource, batches, vo
 
 
 def format_lm_table(rows: list[dict], title: str = "") -> str:
-    import io
+    from kdistill.present import format_table
 
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title or None)
-    for col in ["model", "params", "held-out ppl", "agree w/ teacher", "KL to teacher", "tokens"]:
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for r in rows:
-        table.add_row(r["model"], f"{r['parameters']:,}", f"{r['ppl']:.2f}",
-                      f"{100 * r['agreement']:.2f}%", f"{r['kl_to_teacher']:.4f}", str(r["tokens"]))
-    console = Console(width=120, record=True, file=io.StringIO())
-    console.print(table)
-    return console.export_text()
+    return format_table(rows, title)
 
 
 def evaluate_run(cfg: RunConfig) -> list[dict]:
