@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from kdistill.data.order import epoch_order
 from kdistill.errors import DataError
 
 
@@ -87,26 +88,14 @@ def random_affine(images: torch.Tensor, max_shift: int, degrees: float, scale: f
     return F.grid_sample(flat, grid, align_corners=False).reshape(images.shape)
 
 
-def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s every-``world_size``-th sample of an epoch's order, padded by wrapping
-    around so every rank takes the same number of samples (as DistributedSampler does)."""
-    if world_size == 1:
-        return order
-    n = len(order)
-    padded = -(-n // world_size) * world_size
-    return order.repeat(-(-padded // n))[:padded][rank::world_size]
-
-
 class Batches:
     """Iterates a split in (optionally shuffled) batches by tensor slicing.
 
     The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
     an uninterrupted run would. Jitter augmentation draws from its own per-epoch generator.
 
-    With ``world_size`` > 1 each rank takes every ``world_size``-th sample of that order, padded
-    by wrapping around so all ranks get the same number of batches (as DistributedSampler does).
-    Rank r's k-th batch is then part of the single-process k-th batch of ``world_size`` times the
-    size, so N processes x batch b train on the same samples per step as 1 process x batch N*b.
+    With ``world_size`` > 1 each rank takes its share of that order (kdistill.data.order), so N
+    processes x batch b train on the same samples per step as 1 process x batch N*b.
     """
 
     def __init__(
@@ -136,13 +125,8 @@ class Batches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self) -> torch.Tensor:
-        n = len(self.split)
-        if not self.shuffle:
-            order = torch.arange(n)
-        else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        return rank_share(order, self.rank, self.world_size)
+        return epoch_order(len(self.split), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                           rank=self.rank, world_size=self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()

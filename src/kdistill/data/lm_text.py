@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from kdistill.data.core import rank_share
+from kdistill.data.order import epoch_order
 from kdistill.errors import DataError
 
 IGNORE = -100
@@ -204,12 +204,8 @@ class LMBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def order(self) -> torch.Tensor:
-        if not self.shuffle:
-            order = torch.arange(len(self.blocks))
-        else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.blocks), generator=gen)
-        return rank_share(order, self.rank, self.world_size)
+        return epoch_order(len(self.blocks), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                           rank=self.rank, world_size=self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         order = self.order()
