@@ -139,30 +139,3 @@ class Batches:
             elif self.augment == "affine":
                 inputs = random_affine(inputs, self.jitter_pixels, *self.affine, aug_gen)
             yield {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
-
-
-def build_data(cfg) -> DataSplits:
-    """Build the splits named by a ``DataConfig``."""
-    from kdistill.data import sources
-
-    loaders = {
-        "mnist": sources.mnist,
-        "fashion_mnist": sources.fashion_mnist,
-        "tensors": sources.tensors_file,
-        "image_folder": sources.image_folder,
-    }
-    splits = loaders[cfg.dataset](cfg)
-    if cfg.train_on_val and splits.val is not None:
-        splits.train = Split(
-            torch.cat([splits.train.inputs, splits.val.inputs]),
-            torch.cat([splits.train.labels, splits.val.labels]),
-            "train",
-        )
-        splits.val = None
-    if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
-        splits.train = splits.train.subset(cfg.limit_train)
-    splits.identity = (
-        f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
-        f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
-    )
-    return splits

@@ -158,3 +158,28 @@ def image_folder(cfg) -> DataSplits:
     train, test = load("train"), load("test")
     return DataSplits(train, val, test, num_classes=len(classes),
                       input_shape=tuple(train.inputs.shape[1:]), class_names=classes)
+
+
+def build_data(cfg) -> DataSplits:
+    """Build the splits named by a ``DataConfig``."""
+    loaders = {
+        "mnist": mnist,
+        "fashion_mnist": fashion_mnist,
+        "tensors": tensors_file,
+        "image_folder": image_folder,
+    }
+    splits = loaders[cfg.dataset](cfg)
+    if cfg.train_on_val and splits.val is not None:
+        splits.train = Split(
+            torch.cat([splits.train.inputs, splits.val.inputs]),
+            torch.cat([splits.train.labels, splits.val.labels]),
+            "train",
+        )
+        splits.val = None
+    if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
+        splits.train = splits.train.subset(cfg.limit_train)
+    splits.identity = (
+        f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
+        f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
+    )
+    return splits
