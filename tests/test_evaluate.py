@@ -7,10 +7,11 @@ import torch
 from torch import nn
 
 from kdistill.evaluate import (
-    ModelReport, aggregate_rows, agreement, compare, ece_from_curve, entropy_sum,
+    aggregate_rows, agreement, compare, ece_from_curve, entropy_sum,
     expected_calibration_error, kl_to, nll, per_class_accuracy, reliability_curve, top_k_accuracy,
 )
 from kdistill.tasks import ClassificationTask
+from row_helpers import SEED_RUNS
 
 
 def test_ece_by_hand():
@@ -100,15 +101,6 @@ def test_compare_fields(classes):
     assert d.throughput_batch == 64 and d.samples == 64 and len(d.per_class_accuracy) == classes
     assert d.ece == pytest.approx(ece_from_curve(d.reliability))
     assert d.errors == round((1 - d.accuracy) * 64)
-
-
-def _row(name, acc, params=100):
-    return ModelReport(name=name, accuracy=acc, errors=int(round((1 - acc) * 100)), nll=0.1, ece=0.01,
-                       agreement=None, kl_to_teacher=None, parameters=params, size_bytes=400,
-                       latency_ms_b1=0.1)
-
-
-SEED_RUNS = [[_row("scratch", 0.90), _row("distilled", 0.93)], [_row("scratch", 0.92), _row("distilled", 0.95)]]
 
 
 def test_aggregate_mean_std():

@@ -2,18 +2,9 @@
 
 import math
 
-
-from kdistill.evaluate import ModelReport, aggregate_rows
+from kdistill.evaluate import aggregate_rows
 from kdistill.present import format_cell, format_export_rows, format_table, table_cells, verdict
-
-
-def _row(name, acc, params=100):
-    return ModelReport(name=name, accuracy=acc, errors=int(round((1 - acc) * 100)), nll=0.1, ece=0.01,
-                       agreement=None, kl_to_teacher=None, parameters=params, size_bytes=400,
-                       latency_ms_b1=0.1)
-
-
-SEED_RUNS = [[_row("scratch", 0.90), _row("distilled", 0.93)], [_row("scratch", 0.92), _row("distilled", 0.95)]]
+from row_helpers import SEED_RUNS, model_row
 
 
 def test_seed_table_and_verdict():
@@ -30,15 +21,15 @@ def test_format_cell_and_verdict_single_run():
     assert format_cell("pct", 0.98765) == "98.77%"
     assert format_cell("pct", None) == "-" and format_cell("ms", math.nan) == "-"
     assert format_cell("mb", 1_500_000) == "1.500 MB"
-    rows = [_row("teacher", 0.99, 1000), _row("scratch", 0.95), _row("distilled", 0.97)]
+    rows = [model_row("teacher", 0.99, 1000), model_row("scratch", 0.95), model_row("distilled", 0.97)]
     held, text = verdict(rows)
     assert held and "closes 50% of the scratch-to-teacher gap" in text and "10.0x fewer" in text
     assert verdict(rows[:2])[0] is None
     assert "distilled" in format_table(rows, "t") and "closes 50%" in format_table(rows, "t")
     assert "closes" not in format_table(rows, "t", with_verdict=False)
-    held, text = verdict([_row("scratch", 0.97), _row("distilled", 0.95)])
+    held, text = verdict([model_row("scratch", 0.97), model_row("distilled", 0.95)])
     assert held is False and "did not pay" in text and "closes none" not in text
-    held, text = verdict([_row("teacher", 0.99), _row("scratch", 0.97), _row("distilled", 0.95)])
+    held, text = verdict([model_row("teacher", 0.99), model_row("scratch", 0.97), model_row("distilled", 0.95)])
     assert held is False and "closes none of the scratch-to-teacher gap" in text
 
 

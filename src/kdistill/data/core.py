@@ -9,7 +9,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from kdistill.data.order import epoch_order
+from kdistill.data.order import EpochBatches
 from kdistill.errors import DataError
 
 
@@ -88,7 +88,7 @@ def random_affine(images: torch.Tensor, max_shift: int, degrees: float, scale: f
     return F.grid_sample(flat, grid, align_corners=False).reshape(images.shape)
 
 
-class Batches:
+class Batches(EpochBatches):
     """Iterates a split in (optionally shuffled) batches by tensor slicing.
 
     The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
@@ -112,27 +112,13 @@ class Batches:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.augment, self.jitter_pixels, self.affine, self.drop_last = augment, jitter_pixels, affine, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = -(-len(self.split) // self.world_size)  # this rank's share
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def order(self) -> torch.Tensor:
-        return epoch_order(len(self.split), shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
-                           rank=self.rank, world_size=self.world_size)
+        super().__init__(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         rank=rank, world_size=world_size)
+        self.split, self.augment, self.jitter_pixels, self.affine = split, augment, jitter_pixels, affine
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.order()
         aug_gen = torch.Generator().manual_seed(self.seed * 7_000_009 + self.epoch + 1)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for idx in self.index_batches():
             inputs = self.split.inputs[idx]
             if self.augment == "jitter":
                 inputs = jitter(inputs, self.jitter_pixels, aug_gen)

@@ -43,3 +43,31 @@ def rank_batches(global_batches: list[torch.Tensor], rank: int, world_size: int)
     """Rank ``rank``'s share of each global batch (for iterators that form batches at the global
     batch size, e.g. grouped by length): every rank gets one batch per global batch."""
     return [rank_share(b, rank, world_size) for b in global_batches]
+
+
+class EpochBatches:
+    """What the batch iterators share: the epoch (``set_epoch``), this rank's order of the
+    ``n`` samples, and its batches of indices (``drop_last``: no short final batch)."""
+
+    def __init__(self, n: int, batch_size: int, *, shuffle: bool, seed: int, drop_last: bool = False,
+                 rank: int = 0, world_size: int = 1):
+        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
+        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        n = -(-self.n // self.world_size)  # this rank's share
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def order(self) -> torch.Tensor:
+        return epoch_order(self.n, shuffle=self.shuffle, seed=self.seed, epoch=self.epoch,
+                           rank=self.rank, world_size=self.world_size)
+
+    def index_batches(self) -> list[torch.Tensor]:
+        """This rank's batches of sample indices for the epoch (an iterator that groups samples,
+        e.g. by length, overrides this)."""
+        order = self.order()
+        return [order[b * self.batch_size:(b + 1) * self.batch_size] for b in range(len(self))]

@@ -19,7 +19,7 @@ from typing import Iterator
 
 import torch
 
-from kdistill.data.order import epoch_generator, epoch_order, rank_batches
+from kdistill.data.order import EpochBatches, epoch_generator, epoch_order, rank_batches
 from kdistill.errors import DataError
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -285,7 +285,7 @@ def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-class TextBatches:
+class TextBatches(EpochBatches):
     """Batches of one encoded split, padded per batch and grouped by length.
 
     Training order: a permutation drawn from (seed, epoch), cut into pools of
@@ -303,20 +303,16 @@ class TextBatches:
                  world_size: int = 1):
         if split.ids is None:
             raise DataError(f"{split.name} split is not tokenized: call data.text.encode first")
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.pool_batches, self.pad_id, self.teacher_pad_id = pool_batches, pad_id, teacher_pad_id
-        self.rank, self.world_size = rank, world_size
+        super().__init__(len(split), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size)
+        self.split, self.pool_batches, self.pad_id, self.teacher_pad_id = split, pool_batches, pad_id, teacher_pad_id
         self.lengths = torch.tensor([len(s) for s in split.ids])
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return -(-len(self.split) // (self.batch_size * self.world_size))
 
-    def batch_indices(self) -> list[torch.Tensor]:
-        """This rank's batches of sample indices, in the epoch's order."""
+    def index_batches(self) -> list[torch.Tensor]:
+        """This rank's batches of sample indices, grouped by length (see the class notes)."""
         size = self.batch_size * self.world_size  # the global batch
         if not self.shuffle:
             order = torch.sort(self.lengths, stable=True).indices
@@ -331,7 +327,7 @@ class TextBatches:
         return rank_batches(batches, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for idx in self.batch_indices():
+        for idx in self.index_batches():
             rows = idx.tolist()
             ids, mask = pad([self.split.ids[i] for i in rows], self.pad_id)
             batch = {"input_ids": ids, "attention_mask": mask, "labels": self.split.labels[idx],
