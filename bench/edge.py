@@ -103,7 +103,7 @@ def figures(report: dict) -> dict:
 def machine() -> dict:
     return {"platform": platform.platform(), "python": sys.version.split()[0], "cpus": os.cpu_count(),
             "processor": platform.processor(), "torch_threads_default": torch.get_num_threads(),
-            **ex._versions()}
+            **ex.library_versions()}
 
 
 def markdown(results: dict) -> str:

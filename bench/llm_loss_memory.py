@@ -87,7 +87,8 @@ def trial(variant: str, batch: int, seq: int, vocab: int, hidden: int, chunk: in
     """One measurement in this (fresh) process; writes figures and gradients to ``out``."""
     import torch.nn.functional as F
 
-    from kdistill.losses.token import TokenLossSpec, chunked_weighted_loss, token_divergence
+    from kdistill.losses.divergences import token_divergence
+    from kdistill.losses.fused import TokenLossSpec, chunked_weighted_loss
 
     h, w, labels, mask = inputs(batch, seq, vocab, hidden)
     g = torch.Generator().manual_seed(1)
@@ -136,7 +137,7 @@ def main() -> None:
         trial(args.trial[0], *args.size, args.chunk, args.trial[1])
         return
     batch, seq, vocab, hidden = (1, 2048, 49152, 576) if args.quick else (4, 1024, 49152, 576)
-    from kdistill.losses.token import default_chunk_tokens
+    from kdistill.losses.fused import default_chunk_tokens
 
     args.chunk = args.chunk or default_chunk_tokens(vocab)
     results: dict[str, list[dict]] = {"naive": [], "chunked": []}

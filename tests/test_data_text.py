@@ -189,3 +189,23 @@ def test_hugging_face_dataset_folders(tmp_path):
     assert (len(single.train), len(single.val), len(single.test)) == (36, 12, 12)
     with pytest.raises(DataError, match=r"no column 'text' \(data.text_column\)"):
         build_text_data(TextDataConfig(dataset="hf", path=str(tmp_path / "dict")))
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_rank_shards_are_the_one_process_double_batch_per_step(tmp_path, shuffle):
+    """torchrun: 2 processes x batch b see, step by step, the samples of 1 process x batch 2b."""
+    data = _encoded(tmp_path, n=203)  # an odd split: the last global batch is padded by wrapping
+    one = TextBatches(data.train, 8, shuffle=shuffle, seed=4, pool_batches=3)
+    ranks = [TextBatches(data.train, 4, shuffle=shuffle, seed=4, pool_batches=3, rank=r, world_size=2)
+             for r in (0, 1)]
+    for epoch in (0, 2):
+        for b in (one, *ranks):
+            b.set_epoch(epoch)
+        steps = [list(zip(*rank)) for rank in ([one], ranks)]
+        assert len(ranks[0]) == len(ranks[1]) == len(one) == len(steps[0]) == len(steps[1])
+        for (whole,), (r0, r1) in zip(*steps):
+            assert len(r0["index"]) == len(r1["index"])
+            together = torch.cat([r0["index"], r1["index"]]).tolist()
+            assert set(together) == set(whole["index"].tolist())
+            if len(whole["index"]) % 2 == 0:
+                assert sorted(together) == sorted(whole["index"].tolist())

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from kdistill.config import RunConfig
 from kdistill.data.lm_text import IGNORE, LMBatches, blocks_from_ids
 from kdistill.engine import Engine
-from kdistill.losses.token import token_divergence
+from kdistill.losses.divergences import token_divergence
 from kdistill.tasks.causal_lm import CausalLMTask, shifted_targets, target_mask
 from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher
 

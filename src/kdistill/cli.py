@@ -46,7 +46,7 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
-    from kdistill.evaluate import format_table
+    from kdistill.present import format_table  # classifier and causal-LM rows alike
 
     typer.echo(format_table(rows, title))
 

@@ -15,7 +15,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 from kdistill.config.base import Strict
 from kdistill.losses.feature_terms import FEATURE_KINDS, RESERVED_NAMES
 from kdistill.losses.objectives import OBJECTIVES
-from kdistill.losses.token import DIVERGENCES
+from kdistill.losses.divergences import DIVERGENCES
 from kdistill.schedules import Constant, Cosine, Exponential, Linear, ScheduleSpec, Step, as_schedule
 
 Method = Literal[tuple(OBJECTIVES)]
@@ -188,7 +188,7 @@ class TextKDLoss(KDLoss):
 
 
 class LMLoss(KDLoss):
-    """Token-level distillation: a divergence per target token (see losses/token.py). Method kd
+    """Token-level distillation: a divergence per target token (see losses/divergences.py and losses/fused.py). Method kd
     only: the fused token loss never materialises the logits that dkd, dist, standardize and
     feature terms would read."""
 

@@ -6,6 +6,7 @@ file or an image folder. Batches are dicts: ``inputs``, ``labels`` and ``index``
 position in its split, which keys teacher caches).
 """
 
-from kdistill.data.core import Batches, DataSplits, Split, build_data
+from kdistill.data.core import Batches, DataSplits, Split
+from kdistill.data.sources import build_data
 
 __all__ = ["Batches", "DataSplits", "Split", "build_data"]

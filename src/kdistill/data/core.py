@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from kdistill.data.order import EpochBatches
 from kdistill.errors import DataError
 
 
@@ -90,26 +91,14 @@ def random_affine(images: torch.Tensor, max_shift: int, degrees: float, scale: f
     return F.grid_sample(flat, grid, align_corners=False).reshape(images.shape)
 
 
-def rank_share(order: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s every-``world_size``-th sample of an epoch's order, padded by wrapping
-    around so every rank takes the same number of samples (as DistributedSampler does)."""
-    if world_size == 1:
-        return order
-    n = len(order)
-    padded = -(-n // world_size) * world_size
-    return order.repeat(-(-padded // n))[:padded][rank::world_size]
-
-
-class Batches:
+class Batches(EpochBatches):
     """Iterates a split in (optionally shuffled) batches by tensor slicing.
 
     The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
     an uninterrupted run would. Jitter augmentation draws from its own per-epoch generator.
 
-    With ``world_size`` > 1 each rank takes every ``world_size``-th sample of that order, padded
-    by wrapping around so all ranks get the same number of batches (as DistributedSampler does).
-    Rank r's k-th batch is then part of the single-process k-th batch of ``world_size`` times the
-    size, so N processes x batch b train on the same samples per step as 1 process x batch N*b.
+    With ``world_size`` > 1 each rank takes its share of that order (kdistill.data.order), so N
+    processes x batch b train on the same samples per step as 1 process x batch N*b.
     """
 
     def __init__(
@@ -126,62 +115,16 @@ class Batches:
         rank: int = 0,
         world_size: int = 1,
     ):
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.augment, self.jitter_pixels, self.affine, self.drop_last = augment, jitter_pixels, affine, drop_last
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = -(-len(self.split) // self.world_size)  # this rank's share
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def order(self) -> torch.Tensor:
-        n = len(self.split)
-        if not self.shuffle:
-            order = torch.arange(n)
-        else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(n, generator=gen)
-        return rank_share(order, self.rank, self.world_size)
+        super().__init__(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         rank=rank, world_size=world_size)
+        self.split, self.augment, self.jitter_pixels, self.affine = split, augment, jitter_pixels, affine
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.order()
         aug_gen = torch.Generator().manual_seed(self.seed * 7_000_009 + self.epoch + 1)
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for idx in self.index_batches():
             inputs = self.split.inputs[idx]
             if self.augment == "jitter":
                 inputs = jitter(inputs, self.jitter_pixels, aug_gen)
             elif self.augment == "affine":
                 inputs = random_affine(inputs, self.jitter_pixels, *self.affine, aug_gen)
             yield {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
-
-
-def build_data(cfg) -> DataSplits:
-    """Build the splits named by a ``DataConfig``."""
-    from kdistill.data import sources
-
-    loaders = {
-        "mnist": sources.mnist,
-        "fashion_mnist": sources.fashion_mnist,
-        "tensors": sources.tensors_file,
-        "image_folder": sources.image_folder,
-    }
-    splits = loaders[cfg.dataset](cfg)
-    if cfg.train_on_val and splits.val is not None:
-        splits.train = Split(
-            torch.cat([splits.train.inputs, splits.val.inputs]),
-            torch.cat([splits.train.labels, splits.val.labels]),
-            "train",
-        )
-        splits.val = None
-    if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
-        splits.train = splits.train.subset(cfg.limit_train)
-    splits.identity = (
-        f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
-        f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
-    )
-    return splits

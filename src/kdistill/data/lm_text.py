@@ -20,7 +20,7 @@ from typing import Iterator
 
 import torch
 
-from kdistill.data.core import rank_share
+from kdistill.data.order import EpochBatches
 from kdistill.errors import DataError
 
 IGNORE = -100
@@ -186,34 +186,17 @@ def _pairs_data(cfg, tokenizer) -> LMSplits:
     return LMSplits(train, val, f"jsonl:{cfg.path}:L={cfg.seq_len}:n={len(records)}")
 
 
-class LMBatches:
+class LMBatches(EpochBatches):
     """Batches of token blocks; epoch e's order depends only on (seed, e), so resuming is exact.
     Under torchrun each rank takes its share of that order, as image ``Batches`` do."""
 
     def __init__(self, blocks: TokenBlocks, batch_size: int, *, shuffle: bool = False, seed: int = 0,
                  drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        self.blocks, self.batch_size, self.shuffle, self.seed = blocks, batch_size, shuffle, seed
-        self.drop_last, self.rank, self.world_size = drop_last, rank, world_size
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        n = -(-len(self.blocks) // self.world_size)  # this rank's share
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    def order(self) -> torch.Tensor:
-        if not self.shuffle:
-            order = torch.arange(len(self.blocks))
-        else:
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(len(self.blocks), generator=gen)
-        return rank_share(order, self.rank, self.world_size)
+        super().__init__(len(blocks), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                         rank=rank, world_size=world_size)
+        self.blocks = blocks
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        order = self.order()
-        for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+        for idx in self.index_batches():
             yield {"input_ids": self.blocks.input_ids[idx], "attention_mask": self.blocks.attention_mask[idx],
                    "labels": self.blocks.labels[idx], "index": idx}

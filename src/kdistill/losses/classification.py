@@ -2,22 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 import torch.nn.functional as F
 
-Reduction = Literal["none", "sum", "mean"]
-
-
-def reduce(per_sample: torch.Tensor, reduction: Reduction) -> torch.Tensor:
-    if reduction == "none":
-        return per_sample
-    if reduction == "sum":
-        return per_sample.sum()
-    if reduction == "mean":
-        return per_sample.mean()
-    raise ValueError(f"reduction must be 'none', 'sum' or 'mean', got {reduction!r}")
+from kdistill.losses.divergences import kl
+from kdistill.losses.reduction import Reduction
+from kdistill.losses.topk import TopKLogits, topk_soft_target_kl
 
 
 def _check_logits(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> None:
@@ -45,12 +35,7 @@ def soft_target_kl(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     log_p_student = F.log_softmax(student_logits / temperature, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / temperature, dim=-1)
-    # F.kl_div computes sum p_t (log p_t - log p_s) with one fused backward (fewer autograd nodes)
-    if reduction in ("sum", "mean"):
-        summed = F.kl_div(log_p_student, log_p_teacher, reduction="sum", log_target=True) * temperature**2
-        return summed if reduction == "sum" else summed / student_logits.shape[0]
-    per_sample = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(-1)
-    return reduce(per_sample * temperature**2, reduction)  # "none", or an error for anything else
+    return kl(log_p_teacher, log_p_student, reduction) * temperature**2
 
 
 def hard_cross_entropy(
@@ -80,8 +65,6 @@ def kd_objective(
     hard one makes its weight meaningless, and only logging each term shows it). A term whose
     weight is zero, or whose input is missing, is not computed.
     """
-    from kdistill.losses.topk import TopKLogits, topk_soft_target_kl  # topk builds on this module
-
     terms: dict[str, torch.Tensor] = {}
     weighted: list[torch.Tensor] = []  # no zeros to add to and no multiply by 1: fewer autograd nodes
     if soft_weight != 0.0:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.classification import Reduction, reduce
+from kdistill.losses.reduction import Reduction, reduce
 
 
 def _teacher(teacher: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

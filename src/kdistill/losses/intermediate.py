@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.classification import Reduction, reduce
+from kdistill.losses.reduction import Reduction, reduce
 
 
 def hidden_state_mse(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, mask: torch.Tensor,

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.classification import Reduction, _check_logits, reduce
+from kdistill.losses.classification import _check_logits
+from kdistill.losses.reduction import Reduction, reduce
 
 IGNORE_INDEX = -100  # an unlabelled transfer-set sample, as in hard_cross_entropy
 

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdistill.losses.classification import Reduction, _check_logits, reduce
+from kdistill.losses.classification import _check_logits
+from kdistill.losses.reduction import Reduction, reduce
 
 
 def tempered_soft_target_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,

@@ -37,7 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.classification import Reduction, reduce
+from kdistill.losses.divergences import kl, tail_bins
+from kdistill.losses.reduction import Reduction
 
 
 @dataclass
@@ -91,18 +92,11 @@ def topk_soft_target_kl(
     teacher_top = teacher.values.detach().to(dtype) / t
     m = teacher.num_classes - teacher.k
     if m == 0:  # nothing outside the top-k: plain dense KD
-        return _kl(log_s_top, teacher_top.log_softmax(-1), t, reduction)
+        return kl(teacher_top.log_softmax(-1), log_s_top, reduction) * t**2
     # tempered tail mass under an even split of tau over m classes: m * (tau / m)^(1/T)
     teacher_tail = teacher.log_tail.detach().to(dtype) / t + math.log(m) * (1 - 1 / t)
     # a bin with no teacher mass (log_tail = -inf) gets weight exp(-1e4) = 0 and no 0 · inf
-    log_q = torch.cat([teacher_top, teacher_tail[:, None]], dim=-1).clamp(min=-1e4).log_softmax(-1)
+    log_q = tail_bins(teacher_top, teacher_tail).clamp(min=-1e4).log_softmax(-1)
+    # the student's tail exactly, from its full softmax (a classifier's classes are few)
     log_s_tail = log_s.scatter(-1, teacher.indices, -math.inf).logsumexp(-1)
-    return _kl(torch.cat([log_s_top, log_s_tail[:, None]], dim=-1), log_q, t, reduction)
-
-
-def _kl(log_p_student: torch.Tensor, log_q_teacher: torch.Tensor, t: float, reduction: Reduction) -> torch.Tensor:
-    """T² · KL(q || p) per sample, from log-probabilities over the same bins."""
-    if reduction == "sum":
-        return F.kl_div(log_p_student, log_q_teacher, reduction="sum", log_target=True) * t**2
-    per_sample = F.kl_div(log_p_student, log_q_teacher, reduction="none", log_target=True).sum(-1)
-    return reduce(per_sample * t**2, reduction)
+    return kl(log_q, tail_bins(log_s_top, log_s_tail), reduction) * t**2

@@ -128,7 +128,7 @@ def build_model(spec, input_shape: tuple[int, ...], num_classes: int) -> nn.Modu
 
 def pretrained(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """Bundled pretrained teachers, loaded from their offline packages."""
-    from kdistill.data.sources import package_file
+    from kdistill.assets import bundled_path
 
     if name == "ccexam-mnist":
         if tuple(input_shape) != (1, 28, 28) or num_classes != 10:
@@ -136,5 +136,5 @@ def pretrained(name: str, input_shape: tuple[int, ...], num_classes: int) -> nn.
                              f"has inputs {tuple(input_shape)} and {num_classes} classes")
         # The package trained on inputs normalised with MNIST's mean and std; do the same here.
         model = CNN((1, 28, 28), [32, 64], 128, 10, normalize=(0.1307, 0.3081))
-        return load_weights(model, package_file("ccexam", "weights/mnist.pth", "ccexam==1.0.0"))
+        return load_weights(model, bundled_path("ccexam", "weights/mnist.pth", "ccexam==1.0.0", needed_by="the pretrained MNIST teacher"))
     raise ModelError(f"unknown pretrained model {name!r}")

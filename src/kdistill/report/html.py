@@ -10,7 +10,8 @@ import io
 from pathlib import Path
 
 from kdistill.checkpoint import atomic_write_text
-from kdistill.evaluate import aggregate_rows, table_cells, verdict
+from kdistill.evaluate import aggregate_rows
+from kdistill.present import table_cells, verdict
 from kdistill.report.load import RunReport, load_run
 
 REPORT = "report.html"

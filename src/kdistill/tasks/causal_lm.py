@@ -2,7 +2,7 @@
 
 The task selects the positions that count (not padding, not prompt) *before* the output layer,
 so neither the student's nor the teacher's logits ever exist for the others, and the loss runs in
-chunks of tokens through ``chunked_token_losses`` (the student's logits exist one chunk at a time).
+chunks of tokens through ``chunked_weighted_loss`` (the student's logits exist one chunk at a time).
 ``count`` is the number of target tokens, so the engine's per-step normalisation gives the same
 objective whatever the micro-batching or padding.
 """
@@ -18,7 +18,8 @@ from torch import nn
 
 from kdistill.data.lm_text import IGNORE
 from kdistill.errors import TrainingError
-from kdistill.losses.token import TokenLossSpec, chunked_weighted_loss, default_chunk_tokens, token_divergence
+from kdistill.losses.divergences import token_divergence
+from kdistill.losses.fused import TokenLossSpec, chunked_weighted_loss, default_chunk_tokens
 from kdistill.losses.topk import TopKLogits
 from kdistill.outputs import Outputs
 from kdistill.tasks.base import Task

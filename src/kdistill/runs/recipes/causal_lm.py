@@ -13,7 +13,7 @@ from torch import nn
 
 from kdistill.data.lm_text import LMBatches, LMSplits, build_lm_data
 from kdistill.errors import ConfigError, ExportError
-from kdistill.evaluate import LMReport, model_bytes, throughput
+from kdistill.evaluate import LMReport, model_bytes
 from kdistill.losses.objectives import build_objective
 from kdistill.models import count_parameters, load_weights
 from kdistill.reasoning.evaluate import reasoning_fields, reasoning_split
@@ -24,6 +24,7 @@ from kdistill.runs.roles import role_dir
 from kdistill.tasks.causal_lm import CausalLMTask
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.causal_lm import CausalLMTeacher
+from kdistill.timing import time_models
 
 MODEL_DIR = "model"
 REFERENCE_BYTES = 2**30  # held-out teacher logits kept in memory (fp16) up to this size
@@ -182,12 +183,14 @@ class CausalLMRecipe(Recipe):
         batches = LMBatches(data.val, cfg.data.eval_batch_size)
         sample = next(iter(batches))
         timed = {"input_ids": sample["input_ids"], "attention_mask": sample["attention_mask"]}
+        # forward passes over one held-out batch, every model timed by the shared harness
+        speed = time_models(models, dict.fromkeys(models, timed), large_batch=len(sample["input_ids"]))
         rows = []
         for name, model in models.items():
             t0 = time.perf_counter()
             metrics = task.evaluate(model, batches)
             seconds = time.perf_counter() - t0
-            rate = throughput(model, timed) * sample["input_ids"].shape[1]
+            rate = speed[name].throughput_per_s * sample["input_ids"].shape[1]
             solved = reasoning_fields(cfg.reasoning, data.tokenizer, model, cfg.seed) if cfg.reasoning else {}
             rows.append(LMReport(name=name, ppl=metrics["ppl"], nll=metrics["nll"],
                                  agreement=metrics.get("agreement"), kl_to_teacher=metrics.get("kl_to_teacher"),

@@ -1,23 +1,11 @@
-"""Token-level divergences between a teacher's and a student's next-token distributions.
+"""The fused, chunked output layer + token loss of causal-LM distillation.
 
-Every function is pure and returns one value per token (the leading dimensions of the logits),
-so a task sums them over the tokens that count and the engine divides by the step's token count.
-P is the teacher's distribution, Q the student's, both at temperature T; each divergence is
-multiplied by T^2 as in Hinton et al. (2015), so a weight means the same at every temperature.
-
-- forward KL  KL(P || Q): mass-covering; the classic distillation loss.
-- reverse KL  KL(Q || P): mode-seeking (MiniLLM).
-- generalized JSD(beta) as in GKD (Agarwal et al. 2024):
-  beta * KL(P || M) + (1 - beta) * KL(Q || M) with M = beta P + (1 - beta) Q.
-  It tends to 0 at both ends, but JSD/beta -> KL(P || Q) as beta -> 0 and JSD/(1-beta) ->
-  KL(Q || P) as beta -> 1; so, like GKD and TRL, beta = 0 and beta = 1 *are* forward and
-  reverse KL.
-- skew KL (DistiLLM, Ko et al. 2024): KL(P || a P + (1-a) Q) (forward) or KL(Q || a Q + (1-a) P)
-  (reverse); a = 0 gives the plain KL, and a > 0 keeps it finite where Q underflows.
-- total variation 0.5 * sum |P - Q|.
-
-The ``*_from_log_probs`` core works on any normalised log-probabilities, so the same code scores
-full vocabularies and the (top-k + tail) buckets of a compressed teacher.
+``chunked_weighted_loss`` takes the student's final hidden states and its output projection and
+computes ``soft * sum(divergence) + hard * sum(cross-entropy)`` over the selected tokens a chunk
+at a time, with each chunk's gradients made in the forward pass (in closed form for forward KL,
+reverse KL and JSD, by per-chunk autograd otherwise): the (tokens x vocabulary) logits never exist
+at once, and no chunk is computed twice. The divergences themselves are in
+``kdistill.losses.divergences``.
 """
 
 from __future__ import annotations
@@ -25,119 +13,12 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
-Divergence = Literal["forward_kl", "reverse_kl", "jsd", "skew_forward_kl", "skew_reverse_kl", "tv"]
-DIVERGENCES: tuple[str, ...] = ("forward_kl", "reverse_kl", "jsd", "skew_forward_kl",
-                                "skew_reverse_kl", "tv")
+from kdistill.losses.divergences import divergence_from_log_probs, topk_buckets
 
-
-def _kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """KL(P || Q) over the last dimension, from finite log-probabilities (an underflowed p
-    contributes 0 * finite = 0)."""
-    return (log_p.exp() * (log_p - log_q)).sum(-1)
-
-
-def _log_mix(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float) -> torch.Tensor:
-    """log(w P + (1 - w) Q), computed stably in log space."""
-    return torch.logaddexp(log_p + math.log(weight_p), log_q + math.log1p(-weight_p))
-
-
-def divergence_from_log_probs(kind: str, student_log_probs: torch.Tensor,
-                              teacher_log_probs: torch.Tensor, *, beta: float = 0.5,
-                              skew: float = 0.1) -> torch.Tensor:
-    """A divergence between two normalised log-distributions, per row (no temperature here)."""
-    log_q, log_p = student_log_probs, teacher_log_probs
-    if kind == "forward_kl":
-        return _kl(log_p, log_q)
-    if kind == "reverse_kl":
-        return _kl(log_q, log_p)
-    if kind == "jsd":
-        if not 0.0 <= beta <= 1.0:
-            raise ValueError(f"jsd beta must be in [0, 1], got {beta}")
-        if beta == 0.0:
-            return _kl(log_p, log_q)
-        if beta == 1.0:
-            return _kl(log_q, log_p)
-        log_m = _log_mix(log_p, log_q, beta)
-        return beta * _kl(log_p, log_m) + (1.0 - beta) * _kl(log_q, log_m)
-    if kind in ("skew_forward_kl", "skew_reverse_kl"):
-        if not 0.0 <= skew < 1.0:
-            raise ValueError(f"skew must be in [0, 1), got {skew}")
-        if kind == "skew_forward_kl":
-            return _kl(log_p, log_q if skew == 0 else _log_mix(log_p, log_q, skew))
-        return _kl(log_q, log_p if skew == 0 else _log_mix(log_q, log_p, skew))
-    if kind == "tv":
-        return 0.5 * (log_p.exp() - log_q.exp()).abs().sum(-1)
-    raise ValueError(f"unknown divergence {kind!r}; choose one of {', '.join(DIVERGENCES)}")
-
-
-def token_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                     kind: str = "forward_kl", *, temperature: float = 1.0, beta: float = 0.5,
-                     skew: float = 0.1) -> torch.Tensor:
-    """Per-token divergence between full-vocabulary logits (..., V) -> (...), times T^2."""
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
-                         f"{tuple(teacher_logits.shape)} differ: align the vocabularies first "
-                         "(kdistill.models.hf.check_vocabularies)")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-    log_q = F.log_softmax(student_logits / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.detach().to(student_logits.dtype) / temperature, dim=-1)
-    return divergence_from_log_probs(kind, log_q, log_p, beta=beta, skew=skew) * temperature**2
-
-
-def forward_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
-    return token_divergence(student_logits, teacher_logits, "forward_kl", temperature=temperature)
-
-
-def reverse_kl(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
-    return token_divergence(student_logits, teacher_logits, "reverse_kl", temperature=temperature)
-
-
-def generalized_jsd(student_logits, teacher_logits, beta: float = 0.5,
-                    temperature: float = 1.0) -> torch.Tensor:
-    return token_divergence(student_logits, teacher_logits, "jsd", temperature=temperature, beta=beta)
-
-
-def skew_kl(student_logits, teacher_logits, skew: float = 0.1, reverse: bool = False,
-            temperature: float = 1.0) -> torch.Tensor:
-    kind = "skew_reverse_kl" if reverse else "skew_forward_kl"
-    return token_divergence(student_logits, teacher_logits, kind, temperature=temperature, skew=skew)
-
-
-def total_variation(student_logits, teacher_logits, temperature: float = 1.0) -> torch.Tensor:
-    return token_divergence(student_logits, teacher_logits, "tv", temperature=temperature)
-
-
-# ---------------------------------------------------------------- compressed (top-k) teachers
-def topk_bucket_log_probs(student_logits: torch.Tensor, teacher_indices: torch.Tensor,
-                          teacher_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both distributions coarse-grained to (the teacher's top-k tokens, everything else).
-
-    ``teacher_log_probs`` are the teacher's full-softmax log-probabilities at its top-k tokens
-    (never renormalised): the tail bucket keeps the mass they leave. Any divergence between the
-    bucketed distributions is a lower bound of the full-vocabulary one (data processing).
-    """
-    return _buckets(F.log_softmax(student_logits, dim=-1), teacher_indices, teacher_log_probs)
-
-
-def _buckets(student_log_probs, teacher_indices, teacher_log_probs):
-    log_q_top = student_log_probs.gather(-1, teacher_indices)
-    tp = teacher_log_probs.to(log_q_top.dtype)
-    return torch.cat([log_q_top, _log_rest(log_q_top)], -1), torch.cat([tp, _log_rest(tp)], -1)
-
-
-def _log_rest(log_probs: torch.Tensor) -> torch.Tensor:
-    """log(1 - sum(exp(log_probs))): the log of the mass outside the given tokens."""
-    rest = torch.logsumexp(log_probs, -1, keepdim=True).expm1().neg()
-    return rest.clamp_min(torch.finfo(log_probs.dtype).tiny).log()
-
-
-# ---------------------------------------------------------------- chunked, memory-bounded
 CPU_CHUNK_BYTES = 24 * 2**20
 
 
@@ -184,7 +65,7 @@ def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: T
                 log_q1 = log_q
         else:  # top-k teachers hold temperature-1 probabilities
             log_q1 = F.log_softmax(logits, dim=-1)
-            log_q, log_p = _buckets(log_q1, teacher_indices, teacher)
+            log_q, log_p = topk_buckets(log_q1, teacher_indices, teacher)
             div = divergence_from_log_probs(spec.kind, log_q, log_p, beta=spec.beta, skew=spec.skew)
     if spec.cross_entropy:
         if log_q1 is None:
@@ -320,54 +201,6 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
     return div, ce, grad, factor
 
 
-class _ChunkedTokenLoss(torch.autograd.Function):
-    """Forward: per-chunk values under no_grad (nothing V-wide is kept). Backward: recompute each
-    chunk with autograd and accumulate the input gradients, so the backward's peak is one chunk's
-    activations plus the gradient buffers, never a (tokens x V) graph."""
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk):
-        n = hidden.shape[0]
-        dtype = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        div, ce = hidden.new_zeros(n, dtype=dtype), hidden.new_zeros(n, dtype=dtype)
-        with torch.no_grad():
-            for s in range(0, n, chunk):
-                e = min(s + chunk, n)
-                d, c = _chunk_terms(hidden[s:e], weight, bias, _rows(teacher, s, e),
-                                    _rows(teacher_indices, s, e), _rows(labels, s, e), spec)
-                if d is not None:
-                    div[s:e] = d
-                if c is not None:
-                    ce[s:e] = c
-        ctx.save_for_backward(hidden, weight, bias, teacher, teacher_indices, labels)
-        ctx.spec, ctx.chunk = spec, chunk
-        return div, ce
-
-    @staticmethod
-    def backward(ctx, grad_div, grad_ce):
-        hidden, weight, bias, teacher, teacher_indices, labels = ctx.saved_tensors
-        spec, chunk = ctx.spec, ctx.chunk
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
-        for s in range(0, hidden.shape[0], chunk):
-            e = min(s + chunk, hidden.shape[0])
-            with torch.enable_grad():
-                h = hidden[s:e].detach().requires_grad_(need_h)
-                d, c = _chunk_terms(h, w, b, _rows(teacher, s, e), _rows(teacher_indices, s, e),
-                                    _rows(labels, s, e), spec)
-                outputs, grads = [], []
-                if d is not None:
-                    outputs.append(d)
-                    grads.append(grad_div[s:e])
-                if c is not None:
-                    outputs.append(c)
-                    grads.append(grad_ce[s:e])
-                wrt = [t for t, need in ((h, need_h), (w, need_w), (b, need_b)) if need]
-                got = list(torch.autograd.grad(outputs, wrt, grads, allow_unused=True))
-            _add_chunk_grads(got, (need_h, need_w, need_b), grad_h, grad_w, grad_b, s, e)
-        return grad_h, grad_w, grad_b, None, None, None, None, None
-
-
 def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[s:e]
 
@@ -396,7 +229,7 @@ def _add_chunk_grads(got: list, needs: tuple[bool, bool, bool], grad_h, grad_w, 
 
 
 def _checked(hidden, teacher, labels, spec: TokenLossSpec, weight, chunk_size: int | None):
-    """The chunked losses' input checks; returns the detached teacher and the chunk size."""
+    """The chunked loss's input checks; returns the detached teacher and the chunk size."""
     if hidden.dim() != 2:
         raise ValueError(f"select the tokens first: hidden must be (tokens, features), got {tuple(hidden.shape)}")
     if spec.divergence and teacher is None:
@@ -408,23 +241,6 @@ def _checked(hidden, teacher, labels, spec: TokenLossSpec, weight, chunk_size: i
     elif chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
     return (None if teacher is None else teacher.detach()), chunk_size
-
-
-def chunked_token_losses(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
-                         spec: TokenLossSpec, *, weight: torch.Tensor | None = None,
-                         bias: torch.Tensor | None = None, teacher_indices: torch.Tensor | None = None,
-                         chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token divergence and cross-entropy over N selected tokens, ``chunk_size`` at a time.
-
-    ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
-    (N, H) with the output projection ``weight`` (V, H) (and ``bias``): then the student's logits
-    exist one chunk at a time only. ``teacher`` is (N, V) logits, or with ``teacher_indices``
-    (N, k) the teacher's top-k log-probabilities. Same values and gradients as computing all
-    tokens at once (tested); select the tokens that count *before* calling this.
-    """
-    teacher, chunk_size = _checked(hidden, teacher, labels, spec, weight, chunk_size)
-    return _ChunkedTokenLoss.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
-                                   chunk_size)
 
 
 def _weighted(div, ce, soft_weight: float, hard_weight: float, dtype) -> torch.Tensor:
@@ -516,9 +332,14 @@ def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, la
     """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
     and the two unweighted sums (for logging; not differentiable).
 
-    Same inputs as ``chunked_token_losses``, but the gradients are computed chunk by chunk in the
-    forward pass, so each chunk's logits are computed once: the loss costs what the unchunked loss
-    costs while its memory stays bounded by one chunk. Only the total is differentiable.
+    ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
+    (N, H) with the output projection ``weight`` (V, H) (and ``bias``): then the student's logits
+    exist one chunk at a time only. ``teacher`` is (N, V) logits, or with ``teacher_indices``
+    (N, k) the teacher's top-k log-probabilities. Select the tokens that count *before* calling.
+    The gradients are computed chunk by chunk in the forward pass, so each chunk's logits are
+    computed once: the loss costs what the unchunked loss costs while its memory stays bounded by
+    one chunk. Same values and gradients as all tokens at once (tested); only the total is
+    differentiable.
     """
     teacher, chunk_size = _checked(hidden, teacher, labels, spec, weight, chunk_size)
     return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,

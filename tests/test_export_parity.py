@@ -1,13 +1,11 @@
-"""ONNX export, parity, int8 quantization, the unsupported-operator error and the CLI."""
+"""Export of a model: ONNX parity, dynamic axes, int8 and its guard, torch.export, timing rows."""
 
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
-from torch import nn
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -64,8 +62,10 @@ def test_cnn_int8_torch_export_and_timing(tmp_path):
 
 
 def test_fp32_mismatch_is_an_error(tmp_path, monkeypatch):
+    from kdistill.export import parity
+
     real = ex.onnx_logits
-    monkeypatch.setattr(ex, "onnx_logits", lambda s, x, batch_size=512: real(s, x) + 0.1)
+    monkeypatch.setattr(parity, "onnx_logits", lambda s, x, batch_size=512: real(s, x) + 0.1)
     x, y = _images(16)
     with pytest.raises(ExportError, match="not faithful: max .logit difference. 0.1"):
         ex.export_model(MLP(784, [8], 10), tmp_path, inputs=x, labels=y, quantize=None, timing=False)
@@ -105,106 +105,3 @@ def test_causal_lm_dynamic_batch_and_sequence(tmp_path):
             step = lm(input_ids=expected, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
             expected = torch.cat([expected, step], 1)
     assert torch.equal(ex.onnx_generate(session, prompt, 5), expected)
-
-
-@torch.library.custom_op("kdistill_test::wiggle", mutates_args=())
-def wiggle(x: torch.Tensor) -> torch.Tensor:
-    return x.sin() * 2
-
-
-@wiggle.register_fake
-def _(x):
-    return torch.empty_like(x)
-
-
-class Wiggly(nn.Module):
-    """Uses a custom operator that torch.export captures but no ONNX translation exists for."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc = nn.Linear(4, 3)
-
-    def forward(self, x):
-        return self.fc(wiggle(x))
-
-
-def test_unsupported_operator_is_named(tmp_path):
-    with pytest.raises(ExportError, match=r"operator `kdistill_test.wiggle.default` has no ONNX "
-                                          r"translation") as err:
-        ex.export_onnx(Wiggly().eval(), torch.randn(2, 4), tmp_path / "w.onnx")
-    assert "\n" not in str(err.value)
-
-
-class DataDependent(nn.Module):
-    def forward(self, x):
-        return x * 2 if x.sum() > 0 else x
-
-
-def test_uncapturable_model_says_why(tmp_path):
-    with pytest.raises(ExportError, match="data-dependent expression"):
-        ex.export_onnx(DataDependent(), torch.rand(3, 4), tmp_path / "d.onnx")
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """A real run directory: the bundled MNIST teacher distilled into a small MLP, 512 samples."""
-    pytest.importorskip("mnist")
-    from kdistill.config import RunConfig
-    from kdistill.runs import distill
-
-    out = tmp_path_factory.mktemp("run")
-    cfg = RunConfig(data={"dataset": "mnist", "limit_train": 512}, student={"arch": "mlp", "hidden": [32]},
-                    teacher={"model": {"arch": "pretrained"}},
-                    train={"epochs": 1, "output_dir": str(out), "progress": False})
-    distill(cfg)
-    return out
-
-
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
-    from kdistill import cli
-
-    monkeypatch.setattr(sys, "argv", ["kdistill", *map(str, args)])
-    try:
-        cli.main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out = capsys.readouterr()
-    return code, out.out + out.err
-
-
-def test_cli_export_run_dir(tiny_run, monkeypatch, capsys):
-    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--format", "onnx", "--quantize", "int8",
-                     "--torch-export", "--repeats", "5", "--samples", "2000")
-    assert code == 0, out
-    report = json.loads((tiny_run / "export.json").read_text())
-    assert report["model"] == "distilled"
-    assert set(report["artifacts"]) == {"onnx_fp32", "onnx_int8", "torch_export"}
-    assert (tiny_run / report["artifacts"]["onnx_int8"]["path"]).is_file()
-    assert report["parity"]["onnx_fp32"]["samples"] == 2000  # the first 2000 test images
-    rows = {r["name"]: r for r in report["rows"]}
-    assert set(rows) == {"teacher", "distilled", "distilled onnx fp32", "distilled onnx int8"}
-    assert rows["teacher"]["accuracy"] > 0.98  # the bundled CNN
-    assert abs(rows["distilled onnx int8"]["accuracy"] - rows["distilled"]["accuracy"]) < 0.02
-    assert "distilled onnx int8" in out and "parity onnx_fp32" in out
-
-
-def test_cli_export_errors(tiny_run, tmp_path, monkeypatch, capsys):
-    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--format", "tflite")
-    assert code == 2 and "--format 'tflite' is not supported" in out
-    code, out = _cli(monkeypatch, capsys, "export", tmp_path / "nowhere")
-    assert code == 2 and "does not exist" in out
-    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--role", "scratch")
-    assert code == 2 and "has no 'scratch' model" in out and "it has: distilled (choose with --role)" in out
-    code, out = _cli(monkeypatch, capsys, "export", tmp_path)
-    assert code == 2 and "holds no run" in out
-
-
-def test_cli_export_bundled_teacher(tiny_run, monkeypatch, capsys):
-    """The bundled teacher has no folder in the run: the config comes from another role's."""
-    code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--role", "teacher", "--samples", "300",
-                     "--repeats", "2")
-    assert code == 0, out
-    report = json.loads((tiny_run / "export.json").read_text())
-    assert report["model"] == "teacher" and report["parity"]["onnx_fp32"]["passed"]
-    assert [r["name"] for r in report["rows"]] == ["teacher", "teacher onnx fp32"]
