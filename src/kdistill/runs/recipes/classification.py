@@ -18,7 +18,7 @@ from kdistill.models import build_model, load_weights
 from kdistill.runs.recipes.base import Plan, Recipe
 from kdistill.runs.roles import trained_teacher_weights
 from kdistill.tasks import ClassificationTask
-from kdistill.teachers import LiveTeacher, TeacherSource, open_cache
+from kdistill.teachers import LiveTeacher, TeacherSource, cache_teacher, open_cache
 
 WEIGHTS = "model.safetensors"
 
@@ -50,6 +50,9 @@ class ClassificationRecipe(Recipe):
         if self.teacher_needs_training(cfg):
             load_weights(model, trained_teacher_weights(cfg, WEIGHTS))
         return model
+
+    def cache_teacher(self, cfg, data):
+        return cache_teacher(cfg, data, self.teacher_model(cfg, data))
 
     def _source(self, cfg, data, teacher) -> TeacherSource:
         if isinstance(teacher, TeacherSource):
