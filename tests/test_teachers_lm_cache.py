@@ -230,3 +230,5 @@ def test_refusals(tmp_path):
     _refusal(cfg, data, match="damaged")
     shard.write_bytes(bytes(blob[:-40]))
     _refusal(cfg, data, match="truncated")
+    runs.cache_teacher(cfg, data)  # a rerun redoes the damaged shard
+    open_lm_cache(cfg, data, 50)

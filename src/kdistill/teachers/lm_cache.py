@@ -132,13 +132,13 @@ def capture(teacher: TeacherSource, blocks, path: str | Path, *, encoding: Encod
             raise CacheError(f"{path} exists and is not a teacher cache: choose another teacher.path")
         old = load_header(path)
         same = all(old.get(k) == v for k, v in header.items())
-        if same and old.get("complete"):
-            return LMCacheTeacher(path, verify_checksum=False)
-        if same:  # resume: keep the finished shards that are intact, in order
+        if same:  # resume: keep the finished shards that are intact, in order (a damaged one is redone)
             for shard in old.get("shards", []):
                 if not _verified(path, shard):
                     break
                 done.append(shard)
+            if old.get("complete") and len(done) == len(plan):
+                return LMCacheTeacher(path, verify_checksum=False)
         else:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -156,6 +156,7 @@ def capture(teacher: TeacherSource, blocks, path: str | Path, *, encoding: Encod
         b0, b1 = plan[s]
         parts: dict[str, list] = {"counts": [], "log_tail": [], "ids": [], "values": []}
         for batch in LMBatches(blocks.subset(slice(b0, b1)), batch_size):
+            batch["index"] = batch["index"] + b0  # the blocks' own indices, as training batches carry
             for name, arr in encode(teacher.logits(batch).detach(), encoding).items():
                 parts[name].append(arr)
         arrays = {name: np.concatenate(a) if a else np.zeros(0, dtypes[name]) for name, a in parts.items()}

@@ -81,29 +81,28 @@ def padded(counts: torch.Tensor, log_tail: torch.Tensor, ids: torch.Tensor, valu
     mass is 1 - tail when ``renormalise``; shorter records get extra distinct ids outside their top
     set, each at its even share of the tail, and the returned tail is what then remains."""
     n, width = counts.shape[0], int(counts.max()) if counts.numel() else 0
-    rows = torch.repeat_interleave(torch.arange(n), counts)
-    cols = torch.arange(ids.shape[0]) - torch.repeat_interleave(counts.cumsum(0) - counts, counts)
+    kept = torch.arange(width)[None, :] < counts[:, None]  # row-major, as the records are stored
     v = torch.full((n, width), -math.inf)
     idx = torch.zeros((n, width), dtype=torch.long)
-    v[rows, cols], idx[rows, cols] = values, ids
+    v[kept], idx[kept] = values, ids
     if renormalise:
         v += (torch.log1p(-log_tail.exp().clamp(max=1.0)) - v.logsumexp(-1))[:, None]
-    short = counts < width
-    if not short.any():
+    short = (counts < width).nonzero().squeeze(1)
+    if short.numel() == 0:
         return TopKLogits(v, idx, log_tail, vocab)
+    c, sub_ids = counts[short], idx[short]
     spare = min(2 * width, vocab)  # among the first 2K ids at least K are outside a shorter record
-    taken = torch.zeros((n, spare), dtype=torch.bool)
-    low = ids < spare
-    taken[rows[low], ids[low]] = True
+    taken = torch.zeros((short.numel(), spare), dtype=torch.bool)
+    row, col = (kept[short] & (sub_ids < spare)).nonzero(as_tuple=True)
+    taken[row, sub_ids[row, col]] = True
     free = torch.argsort(taken.to(torch.int8), dim=1, stable=True)  # free candidates first, in order
-    slot = torch.arange(width)[None, :] - counts[:, None]
+    slot = torch.arange(width)[None, :] - c[:, None]
     fill = slot >= 0
-    extra = free.gather(1, slot.clamp(min=0))
-    share = log_tail - torch.log((vocab - counts).clamp(min=1).double()).float()
-    idx = torch.where(fill, extra, idx)
-    v = torch.where(fill, share[:, None].expand(n, width), v)
-    left = (vocab - width) / (vocab - counts).clamp(min=1).double()
-    tail = (log_tail.double() + torch.log(left)).float()
+    share = log_tail[short] - torch.log((vocab - c).double()).float()
+    idx[short] = torch.where(fill, free.gather(1, slot.clamp(min=0)), sub_ids)
+    v[short] = torch.where(fill, share[:, None].expand(-1, width), v[short])
+    tail = log_tail.clone()
+    tail[short] = (log_tail[short].double() + torch.log((vocab - width) / (vocab - c).double())).float()
     return TopKLogits(v, idx, tail, vocab)
 
 
