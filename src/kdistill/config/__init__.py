@@ -190,6 +190,7 @@ class CausalLMConfig(RunConfig):
     reasoning: Optional[ReasoningEvalConfig] = Field(
         None, description="generation-based evaluation: exact match on held-out problems in the comparison")
     archs: ClassVar[tuple[str, ...]] = ("hf_causal_lm",)
+    teacher_kinds: ClassVar[tuple[str, ...]] = ("live", "cache")
 
 
 TASKS: dict[str, type[RunConfig]] = {c.model_fields["task"].default: c for c in

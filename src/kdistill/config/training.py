@@ -109,8 +109,14 @@ class CacheTeacherConfig(Strict):
     path: Path = Field(..., description="the cache folder (written by `kdistill cache-teacher`)")
     model: Optional[ModelSpec] = Field(None, description="the teacher that cache-teacher runs")
     format: Literal["dense", "topk"] = Field("dense", description="topk: k classes + tail mass")
-    dtype: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="how outputs are stored")
-    k: Optional[int] = Field(None, gt=0, description="classes kept per sample when format is topk")
+    dtype: Literal["fp32", "bf16", "fp16", "u8"] = Field(
+        "fp32", description="how outputs are stored; u8 (causal LMs): log-probs below the top-1 in `step`s")
+    k: Optional[int] = Field(None, gt=0, le=65535, description="classes kept per sample when format is topk "
+                             "(causal LMs: at most, per token)")
+    mass: float = Field(1.0, gt=0, le=1, description="causal LMs: keep a token's top classes only until "
+                        "they hold this probability mass (1: always k)")
+    step: float = Field(1 / 16, gt=0, le=1, description="u8: nats per quantisation step (255 steps)")
+    shard_tokens: int = Field(2**20, gt=0, description="causal LMs: target tokens per shard file")
     verify_checksum: bool = Field(True, description="hash the cache files before training")
 
     @model_validator(mode="after")

@@ -86,15 +86,14 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
 
 def cache_teacher(cfg, data=None):
     """``kdistill cache-teacher``: run the config's teacher once over the training split into
-    the cache that ``teacher.path`` names (``teacher.kind: cache``)."""
-    from kdistill.teachers.cache import cache_teacher as write
-
+    the cache that ``teacher.path`` names (``teacher.kind: cache``); the recipe says how."""
     if cfg.teacher is None or cfg.teacher.kind != "cache" or cfg.teacher.model is None:
         raise ConfigError("this needs `teacher.kind: cache` with teacher.path (where the cache lives) and "
                           "teacher.model (the teacher to run)")
     recipe = recipe_for(cfg)
-    data = data if data is not None else recipe.build_data(cfg)
-    return write(cfg, data, recipe.teacher_model(cfg, data))
+    with preserved_global_state():
+        data = data if data is not None else recipe.build_data(cfg)
+        return recipe.cache_teacher(cfg, data)
 
 
 def train(cfg, *, role: str = "scratch", student: nn.Module | None = None, data=None, resume: bool = False,

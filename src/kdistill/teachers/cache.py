@@ -44,13 +44,31 @@ FORMAT_VERSION = 1
 _STORED = {"fp32": np.float32, "fp16": np.float16, "bf16": np.int16}  # bf16 kept as its raw bits
 
 
-def train_fingerprint(split: Split) -> str:
-    """SHA-256 of the training inputs and labels: the data the cache's rows belong to."""
+def tensor_fingerprint(*tensors: torch.Tensor) -> str:
+    """A short SHA-256 of tensors' shapes, dtypes and contents."""
     h = hashlib.sha256()
-    for t in (split.inputs, split.labels):
+    for t in tensors:
         h.update(str((tuple(t.shape), str(t.dtype))).encode())
         h.update(memoryview(np.ascontiguousarray(t.detach().cpu().numpy())).cast("B"))
     return h.hexdigest()[:16]
+
+
+def train_fingerprint(split: Split) -> str:
+    """SHA-256 of the training inputs and labels: the data the cache's rows belong to."""
+    return tensor_fingerprint(split.inputs, split.labels)
+
+
+def load_header(folder: Path) -> dict:
+    """A cache folder's header, refused with one line when missing or not JSON."""
+    file = Path(folder) / HEADER
+    if not file.is_file():
+        raise CacheError(f"no teacher cache at {folder} ({HEADER} is missing): write it with "
+                         "`kdistill cache-teacher CONFIG`")
+    try:
+        return json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CacheError(f"{file} is not valid JSON ({exc}): the cache is damaged; re-run "
+                         "`kdistill cache-teacher`") from None
 
 
 def input_transform(data_cfg) -> dict:
@@ -170,15 +188,8 @@ class CachedTeacher(TeacherSource):
                                           shape=tuple(spec["shape"]))
 
     def _read_header(self) -> dict:
+        header = load_header(self.path)
         file = self.path / HEADER
-        if not file.is_file():
-            raise CacheError(f"no teacher cache at {self.path} ({HEADER} is missing): write it with "
-                             "`kdistill cache-teacher CONFIG`")
-        try:
-            header = json.loads(file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise CacheError(f"{file} is not valid JSON ({exc}): the cache is damaged; re-run "
-                             "`kdistill cache-teacher`") from None
         if header.get("format_version") != FORMAT_VERSION:
             raise CacheError(f"{file} has format version {header.get('format_version')!r}; this kdistill "
                              f"reads version {FORMAT_VERSION}: re-run `kdistill cache-teacher`")

@@ -18,6 +18,7 @@ from typing import Callable
 
 from torch import nn
 
+from kdistill.errors import ConfigError
 from kdistill.losses.objectives import Objective
 from kdistill.runs.roles import ROLES  # noqa: F401  (re-exported: the roles every recipe serves)
 from kdistill.tasks.base import Task
@@ -53,6 +54,11 @@ class Recipe:
         """The model, batches for this rank (``ctx``), task, objective and teacher source of
         ``role``; ``teacher`` / ``student`` may be given from Python (a module or a source)."""
         raise NotImplementedError
+
+    def cache_teacher(self, cfg, data):
+        """Run the config's teacher over the training split into the cache ``teacher.path`` names
+        (``kdistill cache-teacher``); returns the cache opened as a teacher source."""
+        raise ConfigError(f"task {cfg.task} has no teacher cache: use `teacher.kind: live`")
 
     def teacher_needs_training(self, cfg) -> bool:
         """Whether the config's teacher must be trained (``--role teacher``) before distilling."""

@@ -24,6 +24,7 @@ from kdistill.runs.roles import role_dir
 from kdistill.tasks.causal_lm import CausalLMTask
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.causal_lm import CausalLMTeacher
+from kdistill.teachers.lm_cache import cache_lm_teacher, open_lm_cache
 from kdistill.timing import time_models
 
 MODEL_DIR = "model"
@@ -65,15 +66,16 @@ class ReferenceLogits:
         return logits
 
 
-def _live_spec(cfg):
-    t = cfg.teacher
-    return t.model if t is not None and t.kind == "live" and t.model.arch == "hf_causal_lm" else None
+def _teacher_spec(cfg):
+    """The teacher's model spec: a live teacher's, or the one a cache teacher captures from."""
+    model = getattr(cfg.teacher, "model", None)
+    return model if model is not None and model.arch == "hf_causal_lm" else None
 
 
 class CausalLMRecipe(Recipe):
     def tokenizer(self, cfg):
         """The teacher's tokenizer (the student reads the same tokens), else the student's own."""
-        spec = _live_spec(cfg)
+        spec = _teacher_spec(cfg)
         if spec is not None and spec.source is not None:
             return load_tokenizer(spec)
         if cfg.student.source is not None:
@@ -100,14 +102,15 @@ class CausalLMRecipe(Recipe):
         return load_causal_lm(spec)
 
     def teacher_needs_training(self, cfg) -> bool:
-        spec = _live_spec(cfg)
+        spec = _teacher_spec(cfg)
         return spec is not None and spec.config is not None and spec.weights is None
 
     def teacher_model(self, cfg, data) -> nn.Module:
         """This run's trained teacher if there is one, else the teacher's pretrained source."""
-        spec = _live_spec(cfg)
+        spec = _teacher_spec(cfg)
         if spec is None:
-            raise ConfigError("this needs teacher: {kind: live, model: {arch: hf_causal_lm, ...}}")
+            raise ConfigError("this needs teacher.model: {arch: hf_causal_lm, ...} (a live teacher, or the "
+                              "one a cache teacher captures from)")
         folder = role_dir(cfg, "teacher") / MODEL_DIR
         if spec.weights is None and folder.is_dir():
             return _from_folder(folder)
@@ -120,6 +123,14 @@ class CausalLMRecipe(Recipe):
         t = cfg.teacher  # None when the teacher module is given from Python
         return CausalLMTeacher(model, vocab, precision=getattr(t, "precision", "fp32"),
                                device=getattr(t, "device", None) or cfg.train.device, output_device=cfg.train.device)
+
+    def cache_teacher(self, cfg, data):
+        """Scored over the tokenizer's vocabulary (the output layer's padding rows dropped), so
+        every student reading the same tokenizer fits the cache."""
+        model = self.teacher_model(cfg, data)
+        rows = output_rows(model)
+        check_vocabularies(data.tokenizer, None, rows, rows)  # the tokenizer fits the model
+        return cache_lm_teacher(cfg, data, self._live(cfg, model, len(data.tokenizer.get_vocab())))
 
     def plan(self, cfg, data, role, ctx, *, teacher=None, student=None) -> Plan:
         spec = cfg.teacher.model if role == "teacher" else cfg.student
@@ -147,8 +158,11 @@ class CausalLMRecipe(Recipe):
     def _source(self, cfg, data, teacher, student) -> tuple[TeacherSource, int]:
         if isinstance(teacher, TeacherSource):
             return teacher, teacher.num_outputs
-        model = teacher if teacher is not None else self.teacher_model(cfg, data)
         student_tok = load_tokenizer(cfg.student) if cfg.student.source is not None else None
+        if teacher is None and cfg.teacher.kind == "cache":
+            cache = open_lm_cache(cfg, data, output_rows(student), student_tok)
+            return cache, cache.num_outputs
+        model = teacher if teacher is not None else self.teacher_model(cfg, data)
         alignment = check_vocabularies(data.tokenizer, student_tok, output_rows(model), output_rows(student))
         return self._live(cfg, model, alignment.size), alignment.size
 

@@ -70,6 +70,9 @@ class ClassificationRecipe(Recipe):
                               "trained weights (a file) or a bundled pretrained model")
         return self._live(cfg, self._model(spec, data), data, member)
 
+    def cache_teacher(self, cfg, data):
+        return cache_teacher(cfg, data, self.teacher_model(cfg, data))
+
     def _source(self, cfg, data, teacher) -> TeacherSource:
         if isinstance(teacher, TeacherSource):
             return teacher
