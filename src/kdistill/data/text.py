@@ -19,6 +19,7 @@ from typing import Iterator
 
 import torch
 
+from kdistill.data.core import rank_share
 from kdistill.errors import DataError
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -292,14 +293,19 @@ class TextBatches:
     shuffled, so little padding is wasted yet every epoch differs. Evaluation order: by length.
     Batches hold ``input_ids``, ``attention_mask``, ``labels``, ``index`` and, when the split has
     the teacher's tokens, ``teacher_input_ids`` and ``teacher_attention_mask``.
+
+    With ``world_size`` > 1 the batches are those of one process with ``world_size`` times the
+    batch size, and each rank takes its share of every one, so N x b trains as 1 x N*b.
     """
 
     def __init__(self, split: TextSplit, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 pool_batches: int = 50, pad_id: int = 0, teacher_pad_id: int = 0):
+                 pool_batches: int = 50, pad_id: int = 0, teacher_pad_id: int = 0, rank: int = 0,
+                 world_size: int = 1):
         if split.ids is None:
             raise DataError(f"{split.name} split is not tokenized: call data.text.encode first")
         self.split, self.batch_size, self.shuffle, self.seed = split, batch_size, shuffle, seed
         self.pool_batches, self.pad_id, self.teacher_pad_id = pool_batches, pad_id, teacher_pad_id
+        self.rank, self.world_size = rank, world_size
         self.lengths = torch.tensor([len(s) for s in split.ids])
         self.epoch = 0
 
@@ -307,19 +313,22 @@ class TextBatches:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        return -(-len(self.split) // (self.batch_size * self.world_size))
 
     def batch_indices(self) -> list[torch.Tensor]:
+        """This rank's share of each batch of the whole (all-ranks) batch size."""
+        size = self.batch_size * self.world_size
         if not self.shuffle:
             order = torch.sort(self.lengths, stable=True).indices
-            return list(order.split(self.batch_size))
+            return [rank_share(b, self.rank, self.world_size) for b in order.split(size)]
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(len(self.split), generator=gen)
         batches = []
-        for pool in order.split(self.batch_size * self.pool_batches):
+        for pool in order.split(size * self.pool_batches):
             by_length = pool[torch.sort(self.lengths[pool], stable=True).indices]
-            batches += list(by_length.split(self.batch_size))
-        return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+            batches += list(by_length.split(size))
+        return [rank_share(batches[i], self.rank, self.world_size)
+                for i in torch.randperm(len(batches), generator=gen).tolist()]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         for idx in self.batch_indices():
