@@ -36,7 +36,8 @@ sys.path.insert(0, str(ROOT.parent / "src"))
 
 from kdistill.config import RunConfig  # noqa: E402
 from kdistill.data.text import build_text_data  # noqa: E402
-from kdistill.evaluate import format_table, latency_ms  # noqa: E402
+from kdistill.evaluate import latency_ms  # noqa: E402
+from kdistill.presentation import format_table  # noqa: E402
 from kdistill.runs import STUDENT_WEIGHTS, role_dir  # noqa: E402
 from kdistill import runs_text  # noqa: E402
 from kdistill.tasks.text import plan_layer_terms  # noqa: E402

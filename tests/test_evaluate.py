@@ -9,9 +9,9 @@ from torch import nn
 
 from kdistill.evaluate import (
     ModelReport, aggregate_rows, agreement, compare, ece_from_curve, entropy_sum,
-    expected_calibration_error, format_cell, format_table, kl_to, nll, per_class_accuracy,
-    reliability_curve, table_cells, time_calls, top_k_accuracy, verdict,
+    expected_calibration_error, kl_to, nll, per_class_accuracy, reliability_curve, time_calls, top_k_accuracy,
 )
+from kdistill.presentation import format_cell, format_table, table_cells, verdict
 from kdistill.tasks import ClassificationTask
 
 

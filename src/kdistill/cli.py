@@ -42,7 +42,7 @@ def _load(config: Path, output_dir: Optional[Path]) -> RunConfig:
 
 
 def _print_rows(rows, title: str) -> None:
-    from kdistill.evaluate import format_table
+    from kdistill.presentation import format_table
 
     typer.echo(format_table(rows, title))
 
