@@ -195,7 +195,7 @@ def test_cli_export_errors(tiny_run, tmp_path, monkeypatch, capsys):
     code, out = _cli(monkeypatch, capsys, "export", tmp_path / "nowhere")
     assert code == 2 and "does not exist" in out
     code, out = _cli(monkeypatch, capsys, "export", tiny_run, "--role", "scratch")
-    assert code == 2 and "has no 'scratch' model" in out and "it has: distilled (choose with --role)" in out
+    assert code == 2 and "has no trained 'scratch' model" in out and "it has: distilled (choose with --role)" in out
     code, out = _cli(monkeypatch, capsys, "export", tmp_path)
     assert code == 2 and "holds no run" in out
 
