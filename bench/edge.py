@@ -30,7 +30,8 @@ import torch
 
 from kdistill import export as ex
 from kdistill.config import RunConfig
-from kdistill.runs import distill, load_role, train
+from kdistill.runs import distill, recipe_for, train
+from kdistill.runs.export import export_run
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"speedup_int8_vs_teacher_b1": 10.0, "size_ratio_fp32_to_int8": 3.5, "abs_acc_delta_int8": 0.5}
@@ -155,9 +156,9 @@ def main() -> None:
             train(teacher_cfg, role="teacher")
         run = distill(cfg)
         trained_s = time.time() - t0
-        report = ex.export_run(cfg.train.output_dir, quantize="int8", threads=1, repeats_b1=repeats_b1,
+        report = export_run(cfg.train.output_dir, quantize="int8", threads=1, repeats_b1=repeats_b1,
                                repeats_large=repeats_large, large_batch=256)
-        teacher = load_role(cfg, "teacher", run.data)
+        teacher = recipe_for(cfg).load(cfg, run.data, "teacher")
         trial_speedups = stability_trials(Path(cfg.train.output_dir), report, teacher, run.model.eval(),
                                           run.data.test.inputs, trials, repeats_b1 // 2)
         threads = thread_check(Path(cfg.train.output_dir), report, run.data.test.inputs, repeats_b1)
