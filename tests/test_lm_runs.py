@@ -136,3 +136,34 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert reference.keys() == parallel.keys()
     for name, w in reference.items():
         torch.testing.assert_close(parallel[name], w, rtol=1e-5, atol=1e-6)
+
+
+def test_compare_over_two_seeds_prints_mean_std_and_writes_the_report(tmp_path):
+    """`kdistill compare lm.yaml --seeds 2`: the causal-LM table as mean ± std, comparison.json
+    with each metric over the seeds, and report.html with the LM table and its plots."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from kdistill.cli import app
+
+    pytest.importorskip("matplotlib")
+    text = tmp_path / "text.txt"
+    g = torch.Generator().manual_seed(2)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
+    path = _cfg(tmp_path, {"dataset": "text_files", "path": str(text), "seq_len": 16, "batch_size": 8,
+                           "max_eval_tokens": 64})
+    done = CliRunner().invoke(app, ["compare", str(path), "--seeds", "2"])
+    assert done.exit_code == 0, done.output
+    assert "mean ± std over 2 seeds" in done.output and "held-out ppl" in done.output
+    distilled = next(line for line in done.output.splitlines() if line.lstrip("│ ").startswith("distilled"))
+    assert "±" in distilled  # the students differ by seed
+    assert "held-out perplexity" in done.output  # the verdict judges perplexity
+    run = tmp_path / "run"
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1] and [m["name"] for m in comparison["models"]] == \
+        ["teacher", "scratch", "distilled"]
+    ppl = comparison["models"][2]["ppl"]
+    assert len(ppl["values"]) == 2 and ppl["std"] > 0
+    page = (run / "report.html").read_text()
+    assert "held-out ppl" in page and 'id="plot-ppl-vs-size"' in page and 'id="plot-learning-curves"' in page
+    assert 'id="plot-reliability"' not in page  # no classes, no calibration bins

@@ -119,9 +119,10 @@ def _lm_verdict(dicts: dict, ppl) -> tuple[bool, str]:
         text += f". The teacher's perplexity is {t:.2f}"
         if d <= t:
             text += "; the distilled student matches or beats it"
+        elif held:
+            text += f"; the distilled student closes {100 * (s - d) / (s - t):.0f}% of the scratch-to-teacher gap"
         else:
-            text += f"; the distilled student closes {100 * max(s - d, 0) / (s - t):.0f}% of the scratch-to-teacher gap" \
-                if s > t else ""
+            text += "; the distilled student closes none of the scratch-to-teacher gap"
     return held, text + "."
 
 
