@@ -41,7 +41,9 @@ from kdistill.presentation import format_table  # noqa: E402
 from kdistill.losses.objectives import build_objective  # noqa: E402
 from kdistill.runs import distill, recipe_for, role_dir, train  # noqa: E402
 from kdistill.runs.recipes.classification import WEIGHTS  # noqa: E402
-from kdistill.runs.recipes.text import compare_models, layer_terms, timing_inputs, tokenizer_for  # noqa: E402
+from kdistill.models.text import encoder_of  # noqa: E402
+from kdistill.runs.recipes.text import (compare_models, layer_terms, timing_inputs, tokenizer_for,  # noqa: E402
+                                        uniform_layer_map)
 from kdistill.teachers.text import TextTeacher  # noqa: E402
 
 TEACHER = {"arch": "hf", "name_or_path": "all-MiniLM-L6-v2", "head": "mean", "freeze_embeddings": True}
@@ -161,6 +163,8 @@ def main() -> None:
     hidden_cfg = student_config(base, "distilled-logits+hidden", 0, out)
     probe = recipe_for(hidden_cfg)._model(hidden_cfg.student, data, tokenizer_for(hidden_cfg.student))
     terms, _ = layer_terms(hidden_cfg.loss, probe, teacher, torch.device(hidden_cfg.train.device))
+    layer_map = hidden_cfg.loss.layer_map or uniform_layer_map(encoder_of(probe).config.num_hidden_layers,
+                                                               encoder_of(teacher).config.num_hidden_layers)
     t = hidden_cfg.teacher
     source = TextTeacher(teacher, num_outputs=data.num_classes, memoize=True,
                          hidden_layers=build_objective(hidden_cfg.loss, terms).teacher_hidden,
@@ -223,7 +227,7 @@ def main() -> None:
         "student_seconds": seconds, "total_seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time(),
         "test_samples": len(data.test), "train_samples": len(data.train),
-        "config": {"base": base, "variants": VARIANTS, "layer_map": terms.hidden_pairs},
+        "config": {"base": base, "variants": VARIANTS, "layer_map": layer_map},
         "per_run": [r.__dict__ for r in rows],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
