@@ -40,7 +40,7 @@ TARGETS = {"speedup_int8_vs_teacher_b1": 10.0, "size_ratio_fp32_to_int8": 3.5, "
 def pair_configs(quick: bool, out_root: Path) -> dict[str, tuple[RunConfig, bool]]:
     """Each pair's run config and whether its teacher must be trained first."""
     limit = 2000 if quick else None
-    mnist = RunConfig.model_validate({
+    mnist = RunConfig.parse({
         "name": "edge-mnist-mlp", "seed": 0,
         "data": {"dataset": "mnist", "batch_size": 128, "limit_train": limit},
         "teacher": {"model": {"arch": "pretrained", "name": "ccexam-mnist"}},
@@ -49,7 +49,7 @@ def pair_configs(quick: bool, out_root: Path) -> dict[str, tuple[RunConfig, bool
         "optim": {"name": "sgd", "lr": {"kind": "cosine", "start": 0.1, "end": 0.001}, "momentum": 0.9},
         "train": {"epochs": 1 if quick else 2, "output_dir": str(out_root / "mnist_mlp"), "progress": False},
     })
-    fashion = RunConfig.model_validate({
+    fashion = RunConfig.parse({
         "name": "edge-fashion-cnn", "seed": 0,
         "data": {"dataset": "fashion_mnist", "batch_size": 128, "limit_train": 2000 if quick else 10000,
                  "val_size": 1000 if quick else 2000},
