@@ -30,7 +30,8 @@ import torch
 
 from kdistill import export as ex
 from kdistill.config import RunConfig
-from kdistill.runs import distill, load_role, train
+from kdistill.runs import distill, recipe_for, train
+from kdistill.runs.export import export_run
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {"speedup_int8_vs_teacher_b1": 10.0, "size_ratio_fp32_to_int8": 3.5, "abs_acc_delta_int8": 0.5}
@@ -39,7 +40,7 @@ TARGETS = {"speedup_int8_vs_teacher_b1": 10.0, "size_ratio_fp32_to_int8": 3.5, "
 def pair_configs(quick: bool, out_root: Path) -> dict[str, tuple[RunConfig, bool]]:
     """Each pair's run config and whether its teacher must be trained first."""
     limit = 2000 if quick else None
-    mnist = RunConfig.model_validate({
+    mnist = RunConfig.parse({
         "name": "edge-mnist-mlp", "seed": 0,
         "data": {"dataset": "mnist", "batch_size": 128, "limit_train": limit},
         "teacher": {"model": {"arch": "pretrained", "name": "ccexam-mnist"}},
@@ -48,7 +49,7 @@ def pair_configs(quick: bool, out_root: Path) -> dict[str, tuple[RunConfig, bool
         "optim": {"name": "sgd", "lr": {"kind": "cosine", "start": 0.1, "end": 0.001}, "momentum": 0.9},
         "train": {"epochs": 1 if quick else 2, "output_dir": str(out_root / "mnist_mlp"), "progress": False},
     })
-    fashion = RunConfig.model_validate({
+    fashion = RunConfig.parse({
         "name": "edge-fashion-cnn", "seed": 0,
         "data": {"dataset": "fashion_mnist", "batch_size": 128, "limit_train": 2000 if quick else 10000,
                  "val_size": 1000 if quick else 2000},
@@ -155,9 +156,9 @@ def main() -> None:
             train(teacher_cfg, role="teacher")
         run = distill(cfg)
         trained_s = time.time() - t0
-        report = ex.export_run(cfg.train.output_dir, quantize="int8", threads=1, repeats_b1=repeats_b1,
+        report = export_run(cfg.train.output_dir, quantize="int8", threads=1, repeats_b1=repeats_b1,
                                repeats_large=repeats_large, large_batch=256)
-        teacher = load_role(cfg, "teacher", run.data)
+        teacher = recipe_for(cfg).load(cfg, run.data, "teacher")
         trial_speedups = stability_trials(Path(cfg.train.output_dir), report, teacher, run.model.eval(),
                                           run.data.test.inputs, trials, repeats_b1 // 2)
         threads = thread_check(Path(cfg.train.output_dir), report, run.data.test.inputs, repeats_b1)

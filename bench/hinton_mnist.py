@@ -44,7 +44,8 @@ from kdistill.data import Batches, DataSplits, build_data
 from kdistill.engine import CHECKPOINT
 from kdistill.errors import CheckpointError
 from kdistill.models import build_model, count_parameters, load_weights
-from kdistill.runs import STUDENT_WEIGHTS, distill, train
+from kdistill.runs import distill, train
+from kdistill.runs.recipes.classification import WEIGHTS
 from kdistill.tasks import ClassificationTask
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,7 +89,7 @@ def test_errors(model: torch.nn.Module, data: DataSplits, cfg: RunConfig) -> int
 def cached(run_dir: Path, cfg: RunConfig) -> dict | None:
     """A finished run's record, if it was made by exactly this config."""
     path = run_dir / RESULT
-    if not (path.is_file() and (run_dir / STUDENT_WEIGHTS).is_file()):
+    if not (path.is_file() and (run_dir / WEIGHTS).is_file()):
         return None
     record = json.loads(path.read_text())
     return record if record["config"] == cfg.model_dump(mode="json") else None
@@ -135,7 +136,7 @@ def load_teacher(cfg: RunConfig, data: DataSplits, run_dir: Path) -> torch.nn.Mo
     if cfg.teacher.model.arch == "pretrained":
         return build_model(cfg.teacher.model, data.input_shape, data.num_classes)
     spec = cfg.teacher.model.model_copy(update={"weights": None})
-    return load_weights(build_model(spec, data.input_shape, data.num_classes), run_dir / STUDENT_WEIGHTS)
+    return load_weights(build_model(spec, data.input_shape, data.num_classes), run_dir / WEIGHTS)
 
 
 def summary(records: list[dict]) -> dict:

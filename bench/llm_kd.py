@@ -47,11 +47,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from kdistill import lm_runs  # noqa: E402
 from kdistill.config import RunConfig  # noqa: E402
 from kdistill.data.lm_text import LMBatches, blocks_from_pairs, build_lm_data  # noqa: E402
 from kdistill.engine import Engine  # noqa: E402
-from kdistill.lm_demo import STUDENT, TEACHER, dense_reference, pick_dataset  # noqa: E402
+from kdistill.lm_demo import STUDENT, TEACHER, pick_dataset  # noqa: E402
+from kdistill.runs import distill, train  # noqa: E402
+from kdistill.runs.recipes.causal_lm import LMData, ReferenceLogits  # noqa: E402
+from kdistill.tasks.causal_lm import CausalLMTask  # noqa: E402
 from kdistill.models.hf import load_causal_lm, load_tokenizer, output_rows, student_from_config  # noqa: E402
 from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher  # noqa: E402
 from llm_loss_memory import PeakRSS  # noqa: E402
@@ -107,6 +109,12 @@ def sequence_data(teacher_model, data, budget: int):
     return blocks_from_pairs(prompts.tolist(), completions, PROMPT_TOKENS + NEW_TOKENS, pad_id=0)
 
 
+def make_task(cfg, vocab: int, reference=None) -> CausalLMTask:
+    loss = cfg.loss
+    return CausalLMTask(vocab, divergence=loss.divergence, jsd_beta=loss.jsd_beta, skew=loss.skew,
+                        chunk_tokens=loss.chunk_tokens, device=cfg.train.device, reference=reference)
+
+
 def train_variant(variant, seed, args, ctx) -> dict:
     from kdistill.data.lm_text import LMSplits
 
@@ -117,10 +125,13 @@ def train_variant(variant, seed, args, ctx) -> dict:
     data = ctx["data"] if variant != "sequence" else LMSplits(ctx["seq_blocks"], ctx["data"].val, "sequence")
     teacher = ctx["cache"] if divergence == variant else None
     t0 = time.perf_counter()
-    lm_runs.run(cfg, teacher=teacher, student=student, tokenizer=ctx["tokenizer"], data=data,
-                vocab_size=ctx["vocab"], out_dir=out)
+    data = LMData(data, ctx["tokenizer"])
+    if teacher is None:  # cross-entropy only: the scratch student, or sequence-level on the answers
+        train(cfg, student=student, data=data, out_dir=out)
+    else:
+        distill(cfg, teacher=teacher, student=student, data=data, out_dir=out)
     seconds = time.perf_counter() - t0
-    task = lm_runs.make_task(cfg, ctx["vocab"], ctx["reference"])
+    task = make_task(cfg, ctx["vocab"], ctx["reference"])
     metrics = task.evaluate(student, LMBatches(ctx["data"].val, 8))
     return {"variant": variant, "seed": seed, "train_target_tokens": data.train.target_tokens(),
             "seconds": seconds, **metrics}
@@ -136,7 +147,7 @@ def speed(args, ctx, precision: str) -> dict:
         cfg = config(ctx["out"] / "speed", ctx["dataset"], "forward_kl" if name == "student_ce" else name, 0,
                      args, precision)
         student = student_from_config(STUDENT, ctx["tokenizer"], seed=0)
-        engines[name] = Engine(cfg, student, lm_runs.make_task(cfg, ctx["vocab"]), [batch],
+        engines[name] = Engine(cfg, student, make_task(cfg, ctx["vocab"]), [batch],
                                teacher=None if name == "student_ce" else teacher, out_dir=ctx["out"] / "speed")
     times = {name: [] for name in (*engines, "teacher")}
     peaks = {name: [] for name in times}
@@ -199,7 +210,9 @@ def main() -> None:
     live = CausalLMTeacher(teacher_model, vocab)
     t0 = time.perf_counter()
     cache = TopKCacheTeacher(live, data.train, k=None)
-    reference = dense_reference(live, LMBatches(data.val, 8))
+    reference = ReferenceLogits(live)  # the held-out teacher logits in fp16, computed here, in the pass
+    for batch in LMBatches(data.val, 8):
+        reference(batch)
     teacher_pass = time.perf_counter() - t0
     t0 = time.perf_counter()
     quality = args.part in ("all", "quality")
@@ -210,8 +223,8 @@ def main() -> None:
           f"{data.val.target_tokens()} held-out; teacher pass {teacher_pass:.0f}s, generation {generation:.0f}s")
     ctx = {"out": args.out, "dataset": dataset, "tokenizer": tokenizer, "teacher_model": teacher_model,
            "vocab": vocab, "data": data, "cache": cache, "reference": reference, "seq_blocks": seq_blocks}
-    teacher_row = lm_runs.compare_lm({"teacher": teacher_model}, live, LMBatches(data.val, 8), vocab,
-                                     reference=reference)[0]
+    teacher_row = make_task(config(args.out, dataset, "forward_kl", 0, args), vocab,
+                            reference).evaluate(teacher_model, LMBatches(data.val, 8))
     record = {}
     out = ROOT / "bench" / "results" / "llm_kd.json"
     if out.is_file() and args.part != "all":

@@ -38,9 +38,13 @@ from kdistill.config import RunConfig  # noqa: E402
 from kdistill.data.text import build_text_data  # noqa: E402
 from kdistill.present import format_table  # noqa: E402
 from kdistill.timing import latency_ms  # noqa: E402
-from kdistill.runs import STUDENT_WEIGHTS, role_dir  # noqa: E402
-from kdistill import runs_text  # noqa: E402
-from kdistill.tasks.text import plan_layer_terms  # noqa: E402
+from kdistill.losses.objectives import build_objective  # noqa: E402
+from kdistill.runs import distill, recipe_for, role_dir, train  # noqa: E402
+from kdistill.runs.recipes.classification import WEIGHTS  # noqa: E402
+from kdistill.models.text import encoder_of  # noqa: E402
+from kdistill.runs.recipes.text import (compare_models, layer_terms, timing_inputs, tokenizer_for,  # noqa: E402
+                                        uniform_layer_map)
+from kdistill.teachers.text import TextTeacher  # noqa: E402
 
 TEACHER = {"arch": "hf", "name_or_path": "all-MiniLM-L6-v2", "head": "mean", "freeze_embeddings": True}
 STUDENTS = {
@@ -75,7 +79,7 @@ def base_config(s: dict, out: Path, student: str = "wide") -> dict:
         "data": {"dataset": "rotten_tomatoes", "max_length": 64, "batch_size": 32, "eval_batch_size": 128,
                  "limit_train": s["limit_train"], "limit_eval": s["limit_eval"], "split_seed": 0,
                  "unlabeled_from_train": bool(s["unlabeled"]), "limit_unlabeled": s["unlabeled"] or None},
-        "teacher": {"kind": "live", "model": TEACHER, "memoize": True, "epochs": s["teacher_epochs"],
+        "teacher": {"kind": "live", "model": TEACHER, "epochs": s["teacher_epochs"],
                     "optim": {"name": "adamw", "weight_decay": 0.01, "max_grad_norm": 1.0,
                               "lr": {"kind": "linear", "start": 3e-4, "end": 3e-6, "warmup_steps": 10}}},
         "student": STUDENTS[student],
@@ -98,7 +102,7 @@ def student_config(base: dict, variant: str, seed: int, out: Path) -> RunConfig:
 
 def ensure_teacher(cfg: RunConfig, data) -> tuple[torch.nn.Module, float, bool]:
     """The fine-tuned teacher, trained once per configuration and then read from the run folder."""
-    weights = role_dir(cfg, "teacher") / STUDENT_WEIGHTS
+    weights = role_dir(cfg, "teacher") / WEIGHTS
     key_file = role_dir(cfg, "teacher") / "bench_key.json"
     # the teacher never reads the unlabelled texts: they are not part of its key
     key = {"data": cfg.data.model_dump(mode="json", exclude=UNLABELED_FIELDS),
@@ -107,9 +111,9 @@ def ensure_teacher(cfg: RunConfig, data) -> tuple[torch.nn.Module, float, bool]:
     cached = weights.is_file() and key_file.is_file() and json.loads(key_file.read_text()) == key
     t0 = time.perf_counter()
     if not cached:
-        runs_text.train(cfg, role="teacher", data=data)
+        train(cfg, role="teacher", data=data)
         key_file.write_text(json.dumps(key))
-    return runs_text.teacher_model(cfg, data), time.perf_counter() - t0, cached
+    return recipe_for(cfg).teacher_model(cfg, data), time.perf_counter() - t0, cached
 
 
 def interleaved_latency(models: dict, rounds: int = 5, repeats: int = 10) -> dict[str, float]:
@@ -157,9 +161,15 @@ def main() -> None:
     # one memoizing teacher for every distilled run: its outputs on each training text are
     # computed once, with the hidden states the logits+hidden students need
     hidden_cfg = student_config(base, "distilled-logits+hidden", 0, out)
-    probe = runs_text._model(hidden_cfg.student, data, runs_text.tokenizer_for(hidden_cfg.student))
-    terms, _ = plan_layer_terms(hidden_cfg.loss, probe, teacher)
-    source = runs_text.build_teacher(hidden_cfg, data, hidden_layers=terms.teacher_hidden, model=teacher)
+    probe = recipe_for(hidden_cfg)._model(hidden_cfg.student, data, tokenizer_for(hidden_cfg.student))
+    terms, _ = layer_terms(hidden_cfg.loss, probe, teacher, torch.device(hidden_cfg.train.device))
+    layer_map = hidden_cfg.loss.layer_map or uniform_layer_map(encoder_of(probe).config.num_hidden_layers,
+                                                               encoder_of(teacher).config.num_hidden_layers)
+    t = hidden_cfg.teacher
+    source = TextTeacher(teacher, num_outputs=data.num_classes, memoize=True,
+                         hidden_layers=build_objective(hidden_cfg.loss, terms).teacher_hidden,
+                         precision=t.precision, compile=t.compile, device=t.device or hidden_cfg.train.device,
+                         output_device=hidden_cfg.train.device)
 
     students, seconds = {}, {}
     for seed in s["seeds"]:
@@ -167,18 +177,18 @@ def main() -> None:
             cfg = student_config(base, variant, seed, out)
             t0 = time.perf_counter()
             if VARIANTS[variant] is None:
-                result = runs_text.train(cfg, role="scratch", data=data, out_dir=Path(cfg.train.output_dir))
+                result = train(cfg, role="scratch", data=data, out_dir=Path(cfg.train.output_dir))
             else:
-                result = runs_text.distill(cfg, teacher=source, data=data, out_dir=Path(cfg.train.output_dir))
+                result = distill(cfg, teacher=source, data=data, out_dir=Path(cfg.train.output_dir))
             seconds[f"{variant}-seed{seed}"] = time.perf_counter() - t0
             students[f"{variant}-seed{seed}"] = result.model
             print(f"{variant} seed {seed}: val {result.history[-1].get('val_accuracy', float('nan')):.4f} "
                   f"in {seconds[f'{variant}-seed{seed}']:.0f}s", flush=True)
 
-    tok, t_tok = runs_text.tokenizer_for(hidden_cfg.student), runs_text.tokenizer_for(t_cfg.teacher.model)
+    tok, t_tok = tokenizer_for(hidden_cfg.student), tokenizer_for(t_cfg.teacher.model)
     models = {"teacher": (teacher, "teacher"), **{n: (m, "student") for n, m in students.items()}}
-    rows = runs_text.compare_models(models, data, tok, 64, t_tok, batch_size=128)
-    samples = {kind: runs_text.timing_inputs(t, sorted(data.test.texts, key=len)[len(data.test) // 2], 64)
+    rows = compare_models(models, data, tok, 64, t_tok, batch_size=128)
+    samples = {kind: timing_inputs(t, sorted(data.test.texts, key=len)[len(data.test) // 2], 64)
                for kind, t in (("student", tok), ("teacher", t_tok))}
     latency = interleaved_latency({n: (m, samples[kind]) for n, (m, kind) in models.items()})
     by_name = {r.name: r for r in rows}
@@ -217,7 +227,7 @@ def main() -> None:
         "student_seconds": seconds, "total_seconds": time.perf_counter() - started,
         "cpu_seconds": time.process_time(),
         "test_samples": len(data.test), "train_samples": len(data.train),
-        "config": {"base": base, "variants": VARIANTS, "layer_map": terms.hidden_pairs},
+        "config": {"base": base, "variants": VARIANTS, "layer_map": layer_map},
         "per_run": [r.__dict__ for r in rows],
         "machine": {"python": platform.python_version(), "torch": torch.__version__,
                     "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),

@@ -18,7 +18,7 @@ def test_classification_defaults_unchanged_and_lm_parses():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"data": {"dataset": "mnist"}}, "does not fit data.dataset"),
+    ({"data": {"dataset": "mnist"}}, "data.dataset .mnist. is a classification dataset: set task: classification"),
     ({"data": {"dataset": "shakespeare", "seq_len": 1}}, "data.seq_len"),
     ({"data": {"dataset": "completions_jsonl"}}, "data.path must name"),
     ({"student": {"arch": "mlp"}}, "hf_causal_lm"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import pytest
@@ -71,3 +72,46 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert sum(line.startswith('{"step"') for line in log) == 256 // 32 // 2  # rank 0 alone logs each step
     rng = load_checkpoint(tmp_path / "two" / "distilled" / CHECKPOINT)["torch_rng"]
     assert rng.shape[0] == 2 and not torch.equal(rng[0], rng[1])  # each rank its own dropout stream
+
+
+def test_text_two_processes_match_one_process_with_twice_the_batch(tmp_path):
+    """The same for text classification: each rank takes its share of every length-grouped
+    batch, so 2 processes x 8 texts end with the weights of 1 process x 16 (dropout off: the
+    ranks' dropout streams differ by design)."""
+    import yaml
+    from safetensors.torch import load_file
+    from text_helpers import text_config, tiny_bert
+
+    from kdistill.config import HFSpec
+    from kdistill.models.text import build_text_model
+    from kdistill.runs.recipes.classification import save_state
+
+    no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+    raw = text_config(tmp_path, n=100, epochs=1)  # 80 training texts: 5 whole batches of 16
+    teacher = raw["teacher"]["model"]
+    torch.manual_seed(0)
+    save_state(build_text_model(HFSpec(**teacher), 2), tmp_path / "teacher.safetensors")
+    teacher["weights"] = str(tmp_path / "teacher.safetensors")
+    raw["student"] = {**raw["student"], "config": {**tiny_bert(16, 2, 4), **no_dropout}, "dropout": 0.0}
+    raw["optim"] = {"name": "sgd", "lr": 0.05, "momentum": 0.9}
+    raw["train"].update(deterministic=False)
+    paths = {}
+    for name, batch in (("one", 16), ("two", 8)):
+        one = {**raw, "data": {**raw["data"], "batch_size": batch},
+               "train": {**raw["train"], "output_dir": str(tmp_path / name)}}
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump(one))
+    proc = cli("distill", str(paths["two"]), "--nproc", "2", "--no-evaluate")
+    with torch_threads(1):
+        distill(RunConfig.from_yaml(paths["one"]))
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    reference = load_file(str(tmp_path / "one" / "distilled" / "model.safetensors"))
+    parallel = load_file(str(tmp_path / "two" / "distilled" / "model.safetensors"))
+    assert reference.keys() == parallel.keys()
+    for name, w in reference.items():
+        torch.testing.assert_close(parallel[name], w, rtol=1e-5, atol=1e-6)
+    log = (tmp_path / "two" / "distilled" / "metrics.jsonl").read_text().splitlines()
+    assert sum(line.startswith('{"step"') for line in log) == 80 // 16  # rank 0 alone logs each step
+    summary = json.loads((tmp_path / "two" / "distilled" / "summary.json").read_text())
+    assert summary["processes"] == 2

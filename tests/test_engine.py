@@ -7,7 +7,7 @@ from kdistill.data import Batches
 from kdistill.engine import Engine
 from kdistill.errors import TrainingError
 from kdistill.models import MLP, build_model
-from kdistill.runs import build_teacher
+from kdistill.runs import recipe_for
 from kdistill.tasks import ClassificationTask
 from kdistill.teachers import LiveTeacher
 
@@ -25,7 +25,8 @@ def make_engine(cfg, data, teacher="mlp", student=None, out=None):
     student = student or build_model(cfg.student, data.input_shape, data.num_classes)
     train = Batches(data.train, cfg.data.batch_size, shuffle=True, seed=cfg.seed)
     val = Batches(data.val, cfg.data.eval_batch_size)
-    src = {"mlp": mlp_teacher, "real": lambda: build_teacher(cfg, data), None: lambda: None}[teacher]()
+    real = lambda: LiveTeacher(recipe_for(cfg).teacher_model(cfg, data), num_outputs=10)  # noqa: E731
+    src = {"mlp": mlp_teacher, "real": real, None: lambda: None}[teacher]()
     return Engine(cfg, student, ClassificationTask(10), train, val, teacher=src,
                   out_dir=out or cfg.train.output_dir, num_outputs=10)
 

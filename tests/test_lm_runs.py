@@ -35,7 +35,7 @@ def _cfg(tmp_path, data, **extra):
 
 
 def test_generate_resumes_then_sequence_level_training(tmp_path):
-    from kdistill import lm_runs, runs
+    from kdistill import runs
 
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(" ".join(f"w{(7 * i + j) % 40 + 3}" for j in range(3)) for i in range(10)))
@@ -45,12 +45,12 @@ def test_generate_resumes_then_sequence_level_training(tmp_path):
                     generate={"prompts": str(prompts), "output": str(out), "max_new_tokens": 6,
                               "batch_size": 4, "do_sample": True})
     cfg = RunConfig.from_yaml(cfg_path)
-    lm_runs.generate(cfg, progress=False)
+    runs.generate(cfg, progress=False)
     first = out.read_text().splitlines()
     assert len(first) == 10 and sorted(json.loads(x)["id"] for x in first) == list(range(10))
     # interrupted after 5 answers, the last one cut in half: a rerun completes the same answers
     out.write_text("\n".join(first[:5]) + "\n" + first[5][:20])
-    lm_runs.generate(cfg, progress=False)
+    runs.generate(cfg, progress=False)
     again = {json.loads(x)["id"]: json.loads(x) for x in out.read_text().splitlines() if x.endswith("}")}
     assert sorted(again) == list(range(10))
     assert [again[i]["completion"] for i in range(10)] == [json.loads(x)["completion"] for x in first]
@@ -93,9 +93,9 @@ def test_token_level_distill_and_eval_from_config(tmp_path):
                                    loss={"divergence": "jsd", "jsd_beta": 0.5, "temperature": 2.0,
                                          "soft_weight": 0.5, "hard_weight": 0.5, "chunk_tokens": 7}))
     rows = runs.run_comparison(cfg)
-    names = [r["model"] for r in rows]
+    names = [r.name for r in rows]
     assert names == ["teacher", "scratch", "distilled"]
-    assert rows[0]["agreement"] == 1.0
+    assert rows[0].agreement == 1.0
     summary = json.loads((tmp_path / "run" / "distilled" / "summary.json").read_text())
     assert summary["teacher"]["vocab_size"] == 50  # teacher's 56 rows sliced to the shared 50
     logged = [json.loads(x) for x in (tmp_path / "run" / "distilled" / "metrics.jsonl").read_text().splitlines()]
@@ -111,7 +111,6 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
 
     from kdistill import runs
     from kdistill.data.lm_text import build_lm_data
-    from kdistill.lm_runs import tokenizer_for
 
     text = tmp_path / "text.txt"
     g = torch.Generator().manual_seed(1)
@@ -126,7 +125,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
                            train={"epochs": 1, "progress": False, "deterministic": False,
                                   "output_dir": str(tmp_path / name / "run")})
     one = RunConfig.from_yaml(paths["one"])
-    assert len(build_lm_data(one.data, tokenizer_for(one)).train) % 8 == 0  # no rank pads a block
+    assert len(build_lm_data(one.data, runs.recipe_for(one).tokenizer(one)).train) % 8 == 0  # no rank pads a block
     proc = cli("distill", str(paths["two"]), "--nproc", "2")
     with torch_threads(1):
         runs.distill(one)
@@ -137,3 +136,34 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert reference.keys() == parallel.keys()
     for name, w in reference.items():
         torch.testing.assert_close(parallel[name], w, rtol=1e-5, atol=1e-6)
+
+
+def test_compare_over_two_seeds_prints_mean_std_and_writes_the_report(tmp_path):
+    """`kdistill compare lm.yaml --seeds 2`: the causal-LM table as mean ± std, comparison.json
+    with each metric over the seeds, and report.html with the LM table and its plots."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from kdistill.cli import app
+
+    pytest.importorskip("matplotlib")
+    text = tmp_path / "text.txt"
+    g = torch.Generator().manual_seed(2)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
+    path = _cfg(tmp_path, {"dataset": "text_files", "path": str(text), "seq_len": 16, "batch_size": 8,
+                           "max_eval_tokens": 64})
+    done = CliRunner().invoke(app, ["compare", str(path), "--seeds", "2"])
+    assert done.exit_code == 0, done.output
+    assert "mean ± std over 2 seeds" in done.output and "held-out ppl" in done.output
+    distilled = next(line for line in done.output.splitlines() if line.lstrip("│ ").startswith("distilled"))
+    assert "±" in distilled  # the students differ by seed
+    assert "held-out perplexity" in done.output  # the verdict judges perplexity
+    run = tmp_path / "run"
+    comparison = json.loads((run / "comparison.json").read_text())
+    assert comparison["seeds"] == [0, 1] and [m["name"] for m in comparison["models"]] == \
+        ["teacher", "scratch", "distilled"]
+    ppl = comparison["models"][2]["ppl"]
+    assert len(ppl["values"]) == 2 and ppl["std"] > 0
+    page = (run / "report.html").read_text()
+    assert "held-out ppl" in page and 'id="plot-ppl-vs-size"' in page and 'id="plot-learning-curves"' in page
+    assert 'id="plot-reliability"' not in page  # no classes, no calibration bins

@@ -17,7 +17,7 @@ pytest.importorskip("matplotlib")
 
 from kdistill import cli  # noqa: E402
 from kdistill.config import RunConfig  # noqa: E402
-from kdistill.report.plots import FIGURES  # noqa: E402
+from kdistill.report.plots import FIGURES, LM_FIGURES  # noqa: E402
 from kdistill.runs import run_comparison  # noqa: E402
 
 PLOT_IDS = [f"plot-{fid}" for fid, _, _ in FIGURES]
@@ -32,6 +32,31 @@ def demo_run(tmp_path_factory) -> Path:
                         output_dir=str(tmp_path_factory.mktemp("demo") / "run"))
     cfg = RunConfig.parse(raw)
     run_comparison(cfg)
+    return Path(cfg.train.output_dir)
+
+
+@pytest.fixture(scope="module")
+def lm_run(tmp_path_factory) -> Path:
+    """A causal-LM run over two seeds: tiny local Llamas on random words, a few steps each."""
+    import torch
+    from lm_helpers import tiny_llama, word_tokenizer
+
+    from kdistill.models.hf import save_hf
+    from kdistill.runs import run_seeds
+
+    tmp = tmp_path_factory.mktemp("lm")
+    teacher = save_hf(tiny_llama(vocab=56, seed=3), word_tokenizer(50), tmp / "teacher")
+    text = tmp / "text.txt"
+    g = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
+    cfg = RunConfig.parse({
+        "task": "causal_lm", "data": {"dataset": "text_files", "path": str(text), "seq_len": 16},
+        "teacher": {"kind": "live", "model": {"arch": "hf_causal_lm", "source": str(teacher)}},
+        "student": {"arch": "hf_causal_lm", "config": {
+            "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}},
+        "train": {"epochs": 1, "max_steps": 4, "progress": False, "output_dir": str(tmp / "run")}})
+    run_seeds(cfg, 2)
     return Path(cfg.train.output_dir)
 
 
@@ -55,6 +80,15 @@ def test_demo_run_dir_holds_a_self_contained_report(demo_run):
     distilled = saved["models"][2]
     assert len(distilled["reliability"]) == 15 and len(distilled["per_class_accuracy"]) == 10
     assert distilled["throughput_batch"] == 1000 and distilled["latency_ms_b1_p95"] >= distilled["latency_ms_b1"]
+
+
+def test_lm_run_dir_holds_a_report_with_the_lm_table_and_plots(lm_run):
+    page = (lm_run / "report.html").read_text()
+    assert '<table id="comparison">' in page and "<th>held-out ppl</th>" in page
+    assert "held-out perplexity" in page and "mean &#177; std (sample std) over 2 seeds" in page
+    images = _images(page)
+    assert list(images) == [f"plot-{fid}" for fid, _, _ in LM_FIGURES]
+    assert all(png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 2000 for png in images.values())
 
 
 def _cli(*args) -> int:
@@ -151,6 +185,15 @@ def test_chromium_renders_table_and_every_plot_without_errors(demo_run, tmp_path
         assert f'id="{pid}"' in dom
     decoded = re.search(r'data-decoded="([^"]*)"', dom).group(1).split(",")
     assert decoded == [fid for fid, _, _ in FIGURES]
+
+
+@needs_chromium
+def test_chromium_renders_an_lm_report_without_errors(lm_run, tmp_path):
+    dom, console = open_in_chromium(lm_run / "report.html", tmp_path)
+    assert console == []
+    assert '<table id="comparison">' in dom and dom.count("<tr>") >= 4
+    decoded = re.search(r'data-decoded="([^"]*)"', dom).group(1).split(",")
+    assert decoded == [fid for fid, _, _ in LM_FIGURES]
 
 
 @needs_chromium

@@ -60,10 +60,10 @@ def test_distill_without_a_trained_teacher_says_how(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"task": "classification"}, "does not fit data.dataset csv"),
-    ({"student": {"arch": "mlp"}}, "student.arch mlp does not fit task text_classification"),
+    ({"task": "classification"}, "data.dataset 'csv' is a text_classification dataset: set task: text_classification"),
+    ({"student": {"arch": "mlp"}}, "student.arch: mlp does not fit task text_classification"),
     ({"student": {"arch": "text_cnn", "tokenizer": "all-MiniLM-L6-v2"},
-      "loss": {"hidden_weight": 1.0}}, "need a text task with an hf student"),
+      "loss": {"hidden_weight": 1.0}}, "need an hf student and an hf teacher"),
     ({"student": {"arch": "hf", "config": {"hidden_size": 8}}}, "needs `tokenizer`"),
 ])
 def test_config_errors_name_the_fix(tmp_path, change, message):

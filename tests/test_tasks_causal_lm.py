@@ -14,7 +14,7 @@ from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher
 
 from lm_helpers import lm_blocks, tiny_llama
 
-HP = {"temperature": 2.0, "soft_weight": 0.7, "hard_weight": 0.3, "lr": 0.1}
+HP = {"temperature": 2.0, "soft_weight": 0.7, "hard_weight": 0.3}  # the logit loss's keyword arguments
 
 
 def _batch(blocks):
@@ -41,7 +41,7 @@ def test_objective_equals_direct_computation(divergence):
     b = _batch(lm_blocks(n=4))
     task = CausalLMTask(50, divergence=divergence, jsd_beta=0.3, chunk_tokens=5)
     t_logits = CausalLMTeacher(teacher, 50).logits(b)
-    loss, terms = task.objective(task.forward(student, b), t_logits, b, HP)
+    loss, terms = task.logit_loss(task.forward(student, b), t_logits, b, **HP)
     grads = torch.autograd.grad(loss, list(student.parameters()))
     # direct: all logits, shift, mask after
     s_all = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[:, :-1]
@@ -65,7 +65,7 @@ def test_padding_does_not_change_the_loss():
     for blocks in (short, long):
         b = _batch(blocks)
         with torch.no_grad():
-            values.append((task.objective(task.forward(student, b), t.logits(b), b, HP)[0], task.count(b)))
+            values.append((task.logit_loss(task.forward(student, b), t.logits(b), b, **HP)[0], task.count(b)))
     assert values[0][1] == values[1][1]
     torch.testing.assert_close(values[0][0], values[1][0], rtol=1e-5, atol=1e-5)
 
@@ -112,11 +112,11 @@ def test_topk_cache_teacher_rows_follow_batch_index():
     student = tiny_llama(seed=0)
     hp = {**HP, "temperature": 1.0}
     with torch.no_grad():
-        via_cache = task.objective(task.forward(student, b), got, b, hp)[0]
-        via_live = task.objective(task.forward(student, b), live.logits(b), b, hp)[0]
+        via_cache = task.logit_loss(task.forward(student, b), got, b, **hp)[0]
+        via_live = task.logit_loss(task.forward(student, b), live.logits(b), b, **hp)[0]
     torch.testing.assert_close(via_cache, via_live, rtol=1e-4, atol=1e-4)  # k = V: exact
     with pytest.raises(Exception, match="temperature"):
-        task.objective(task.forward(student, b), got, b, HP)
+        task.logit_loss(task.forward(student, b), got, b, **HP)
 
 
 def test_evaluate_reports_perplexity_agreement_and_kl():
@@ -150,7 +150,7 @@ def test_ddp_wraps_the_hidden_state_view_and_keeps_the_loss_fused(tmp_path):
     b = _batch(lm_blocks(n=4))
     task = CausalLMTask(50, chunk_tokens=5)
     t_logits = CausalLMTeacher(teacher, 50).logits(b)
-    want_loss, _ = task.objective(task.forward(student, b), t_logits, b, HP)
+    want_loss, _ = task.logit_loss(task.forward(student, b), t_logits, b, **HP)
     want = torch.autograd.grad(want_loss, list(student.parameters()))
     view = task.parallel_module(student)
     assert isinstance(view, FinalHidden) and set(view.parameters()) == set(student.parameters())
@@ -158,8 +158,8 @@ def test_ddp_wraps_the_hidden_state_view_and_keeps_the_loss_fused(tmp_path):
     try:
         ddp = DistributedDataParallel(view)
         hidden = task.forward(ddp, b)
-        assert hidden.shape == (task.count(b), 16)  # hidden states, not logits
-        loss, _ = task.objective(hidden, t_logits, b, HP)
+        assert hidden.logits is None and hidden.pre_head.shape == (task.count(b), 16)  # hidden states, not logits
+        loss, _ = task.logit_loss(hidden, t_logits, b, **HP)
         loss.backward()
     finally:
         dist.destroy_process_group()

@@ -4,12 +4,14 @@ import pytest
 import torch
 from text_helpers import tiny_bert, toy_rows, write_csv, write_vocab
 
-from kdistill.config import HFSpec, LossConfig, TextDataConfig
+from kdistill.config import HFSpec, TextDataConfig, TextKDLoss
 from kdistill.data.text import TextBatches, build_text_data, encode
 from kdistill.errors import ConfigError
+from kdistill.losses.objectives import build_objective
 from kdistill.models.text import build_text_model, load_tokenizer
+from kdistill.runs.recipes.text import layer_terms, uniform_layer_map
 from kdistill.taps import WithConnectors
-from kdistill.tasks.text import TextClassificationTask, plan_layer_terms, uniform_layer_map
+from kdistill.tasks.text import TextClassificationTask
 from kdistill.teachers.text import TextTeacher
 
 
@@ -33,19 +35,23 @@ def test_uniform_layer_map():
 
 def test_objective_adds_hidden_and_attention_terms_and_trains_the_projections(setup):
     data, teacher, student = setup
-    loss_cfg = LossConfig(hidden_weight=1.0, attention_weight=0.5)
-    terms, projections = plan_layer_terms(loss_cfg, student, teacher)
-    assert terms.hidden_pairs == [(0, 0), (1, 2), (2, 4)] and terms.attention_pairs == [(1, 2), (2, 4)]
+    loss_cfg = TextKDLoss(hidden_weight=1.0, attention_weight=0.5)
+    terms, projections = layer_terms(loss_cfg, student, teacher, torch.device("cpu"))
+    hidden, attention = terms
+    assert (hidden.name, hidden.teacher_hidden) == ("hidden", (0, 2, 4))  # pairs (0, 0), (1, 2), (2, 4)
+    assert (attention.name, attention.teacher_attention) == ("attention", (2, 4))  # pairs (1, 2), (2, 4)
     assert set(projections) == {"s0_t0", "s1_t2", "s2_t4"}  # 16 -> 32 wide
-    source = TextTeacher(teacher, num_outputs=2, hidden_layers=terms.teacher_hidden,
-                         attention_layers=terms.teacher_attention)
-    task = TextClassificationTask(2, teacher=source, layer_terms=terms, loss_cfg=loss_cfg, projections=projections)
-    assert set(task.schedules()) == {"hidden_weight", "attention_weight"}
+    objective = build_objective(loss_cfg, terms)
+    source = TextTeacher(teacher, num_outputs=2, hidden_layers=objective.teacher_hidden,
+                         attention_layers=objective.teacher_attention)
+    task = TextClassificationTask(2, hidden=True, attentions=True)
+    assert set(objective.schedules()) == {"temperature", "soft_weight", "hard_weight", "hidden_weight",
+                                          "attention_weight"}
     model = WithConnectors(student, {"projections": projections}).train()
     batch = next(iter(TextBatches(data.train, 8)))
-    logits = task.forward(model, batch)
+    outputs = task.forward(model, batch)
     hp = {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5, "hidden_weight": 1.0, "attention_weight": 0.5}
-    loss, parts = task.objective(logits, source.logits(batch), batch, hp)
+    loss, parts = objective(task, outputs, source.outputs(batch), batch, hp)
     assert set(parts) == {"soft", "hard", "hidden", "attention"}
     expected = 0.5 * parts["soft"] + 0.5 * parts["hard"] + parts["hidden"] + 0.5 * parts["attention"]
     torch.testing.assert_close(loss, expected)
@@ -58,9 +64,9 @@ def test_attention_terms_need_matching_heads_and_valid_layers(setup, tmp_path):
     _, teacher, _ = setup
     student = build_text_model(HFSpec(config=tiny_bert(16, 2, 2), tokenizer=str(write_vocab(tmp_path))), 2)
     with pytest.raises(ConfigError, match="heads"):
-        plan_layer_terms(LossConfig(attention_weight=1.0), student, teacher)
+        layer_terms(TextKDLoss(attention_weight=1.0), student, teacher, torch.device("cpu"))
     with pytest.raises(ConfigError, match="layer_map pair \\[3, 1\\]"):
-        plan_layer_terms(LossConfig(hidden_weight=1.0, layer_map=[(3, 1)]), student, teacher)
+        layer_terms(TextKDLoss(hidden_weight=1.0, layer_map=[(3, 1)]), student, teacher, torch.device("cpu"))
 
 
 class Recorder(torch.nn.Module):
@@ -102,11 +108,11 @@ def test_memoized_teacher_matches_live_outputs_across_batchings(setup):
     memo.forward = lambda **kw: calls.append(kw)  # any forward now would be a cache miss
     for b in TextBatches(data.train, 8, shuffle=True, seed=1):
         got, want = memo.outputs(dict(b)), live.outputs(dict(b))
-        torch.testing.assert_close(got["logits"], want["logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got.logits, want.logits, atol=1e-5, rtol=1e-5)
         mask = b["teacher_attention_mask"].bool()
-        torch.testing.assert_close(got["hidden"][2][mask], want["hidden"][2][mask], atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(got.hidden[2][mask], want.hidden[2][mask], atol=2e-3, rtol=2e-3)
         rows = mask[:, None, :, None] & mask[:, None, None, :]  # padded queries are never used
-        torch.testing.assert_close(got["attention"][2] * rows, want["attention"][2] * rows, atol=2e-3, rtol=2e-3)
+        torch.testing.assert_close(got.attention[2] * rows, want.attention[2] * rows, atol=2e-3, rtol=2e-3)
     assert not calls
 
 
@@ -130,6 +136,6 @@ def test_teacher_built_without_eager_attention_still_gives_its_maps(setup, tmp_p
     model.eval()
     teacher = TextTeacher(model, num_outputs=2, attention_layers=(1, 4))
     out = teacher.outputs(next(iter(TextBatches(data.train, 8))))
-    maps = out["attention"][4]
+    maps = out.attention[4]
     assert maps.shape[:2] == (8, 4)
     torch.testing.assert_close(maps.sum(-1), torch.ones(maps.shape[:-1]))

@@ -34,6 +34,13 @@ def format_validation_error(exc: ValidationError, source: str, raw=None) -> str:
     for err in exc.errors():
         loc = _user_path(tuple(p for p in err["loc"] if not str(p).startswith("function-")), raw)
         msg = err["msg"]
+        if err["type"] == "union_tag_invalid":  # e.g. an image arch in a text task's student
+            ctx = err["ctx"]
+            loc = f"{loc}.{ctx['discriminator'].strip(chr(39))}"
+            task = raw.get("task", "classification") if isinstance(raw, dict) else "this"
+            lines.append(f"{source}: {loc}: {ctx['tag']} does not fit task {task} "
+                         f"(it takes {ctx['expected_tags'].replace(chr(39), '')})")
+            continue
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see the config reference in README.md)"
         given = err.get("input")

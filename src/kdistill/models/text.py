@@ -84,6 +84,9 @@ class EncoderClassifier(nn.Module):
         self.config = encoder.config
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(encoder.config.hidden_size, num_classes)
+        pooler = getattr(encoder, "pooler", None)
+        if pooler is not None:  # never used by these heads, so never given a gradient (which
+            pooler.requires_grad_(False)  # DistributedDataParallel refuses); its weights stay saved
 
     def forward(self, input_ids, attention_mask, **kwargs):
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs)

@@ -10,7 +10,7 @@ import io
 from pathlib import Path
 
 from kdistill.checkpoint import atomic_write_text
-from kdistill.evaluate import aggregate_rows
+from kdistill.evaluate import LMReport, aggregate_rows
 from kdistill.present import table_cells, verdict
 from kdistill.report.load import RunReport, load_run
 
@@ -48,6 +48,18 @@ GLOSSARY = [
 ]
 
 
+LM_GLOSSARY = [
+    ("held-out ppl", "perplexity: exp of the mean negative log-likelihood per target token on the "
+     "held-out blocks; lower is better."),
+    ("NLL", "mean negative log-likelihood per held-out target token (nats)."),
+    ("agree w/ teacher", "fraction of held-out target tokens whose top-1 next token matches the teacher's."),
+    ("KL to teacher", "mean KL(teacher || model) per held-out target token at temperature 1, in nats."),
+    ("params / size", "parameter count; size of the weights as a safetensors file."),
+    ("tokens/s", "forward-pass tokens per second on one held-out batch, measured on the machine "
+     "that ran the evaluation, under its load at the time."),
+]
+
+
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
 
@@ -66,9 +78,10 @@ def _table(rows) -> str:
 
 def render(report: RunReport) -> str:
     """The report's HTML text."""
-    from kdistill.report.plots import FIGURES
+    from kdistill.report.plots import figures_for
 
     many = len(report.runs) > 1
+    lm = isinstance(report.runs[0].models[0], LMReport)
     rows = aggregate_rows([run.models for run in report.runs]) if many else report.runs[0].models
     held, sentence = verdict(rows)
     mark, css = {True: ("✔", "held"), False: ("✘", "missed"), None: ("•", "unknown")}[held]
@@ -78,18 +91,20 @@ def render(report: RunReport) -> str:
     figures = "".join(
         f'<figure id="plot-{fid}"><img alt="{html.escape(fid)}" src="data:image/png;base64,{_png(make(report))}">'
         f"<figcaption>{html.escape(caption)}</figcaption></figure>"
-        for fid, caption, make in FIGURES)
-    glossary = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>" for t, d in GLOSSARY)
+        for fid, caption, make in figures_for(report))
+    glossary = "".join(f"<dt>{html.escape(t)}</dt><dd>{html.escape(d)}</dd>"
+                       for t, d in (LM_GLOSSARY if lm else GLOSSARY))
+    split = "held-out text" if lm else "test split"
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">
 <title>kdistill report: {html.escape(report.name)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(report.name)}</h1>
-<p class="meta">kdistill run report · {html.escape(str(report.path))} · test split ({samples:,} samples) ·
+<p class="meta">kdistill run report · {html.escape(str(report.path))} · {split} ({samples:,} {"blocks" if lm else "samples"}) ·
 {html.escape(seeds)} · generated {generated}</p>
 <p id="verdict" class="verdict {css}">{mark} {html.escape(sentence)}</p>
-<h2>Comparison on the test split</h2>
+<h2>Comparison on the {split}</h2>
 <div class="scroll">{_table(rows)}</div>
 <h2>Plots</h2>
 {figures}

@@ -1,8 +1,9 @@
 """Read a run directory back for the report, naming the file whenever one is missing or damaged.
 
 A single run holds ``comparison.json`` (the test metrics, reliability bins and per-class
-accuracy of each model), ``config.yaml`` and ``<role>/metrics.jsonl``; a multi-seed run holds
-its own ``comparison.json`` and ``config.yaml`` listing ``seed_<k>/`` single runs.
+accuracy of each model; for causal LMs held-out perplexity, agreement, KL, size and tokens/s),
+``config.yaml`` and ``<role>/metrics.jsonl``; a multi-seed run holds its own
+``comparison.json`` and ``config.yaml`` listing ``seed_<k>/`` single runs.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from kdistill.config import RunConfig
 from kdistill.errors import ReportError
-from kdistill.evaluate import ModelReport
+from kdistill.evaluate import LMReport, ModelReport
 
 REBUILD = "re-run `kdistill eval CONFIG` (or the comparison) to rewrite it"
 
@@ -35,7 +36,7 @@ class SingleRun:
     seed: int
     samples: int
     class_names: list[str]
-    models: list[ModelReport]
+    models: list[ModelReport] | list[LMReport]
     curves: dict[str, Curves]
 
 
@@ -103,14 +104,16 @@ def inside(run_dir: Path, relative, named_in: Path) -> Path:
     return target
 
 
-_MODELS = TypeAdapter(list[ModelReport])
+# the rows of comparison.json by the run's task (classifiers by default)
+_MODELS = {"causal_lm": TypeAdapter(list[LMReport])}
+_CLASSIFIER_MODELS = TypeAdapter(list[ModelReport])
 
 
 def read_single(path: Path) -> SingleRun:
     file = path / "comparison.json"
     data = read_json(file)
     try:
-        models = _MODELS.validate_python(_field(data, "models", file))
+        models = _MODELS.get(data.get("task"), _CLASSIFIER_MODELS).validate_python(_field(data, "models", file))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"])

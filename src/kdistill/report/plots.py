@@ -16,6 +16,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter  # noqa: E402
 
+from kdistill.evaluate import LMReport  # noqa: E402
 from kdistill.report.load import RunReport  # noqa: E402
 
 ROLE_ORDER = ("teacher", "scratch", "distilled")
@@ -61,8 +62,13 @@ def _terms(steps: list[dict]) -> list[str]:
     return list(keys)
 
 
+def _lm(report: RunReport) -> bool:
+    return isinstance(report.runs[0].models[0], LMReport)
+
+
 def learning_curves(report: RunReport) -> Figure:
-    """Each loss term per optimizer step, one panel per trained role, and validation accuracy."""
+    """Each loss term per optimizer step, one panel per trained role, and validation accuracy
+    (held-out perplexity for causal LMs)."""
     roles = [r for r in _roles(report) if any(r in run.curves for run in report.runs)]
     fig, axes = plt.subplots(1, len(roles) + 1, figsize=(4.2 * (len(roles) + 1), 3.4), squeeze=False)
     axes = axes[0]
@@ -86,17 +92,18 @@ def learning_curves(report: RunReport) -> Figure:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     ax = axes[-1]
+    key, scale, label = ("val_ppl", 1, "perplexity") if _lm(report) else ("val_accuracy", 100, "accuracy")
     for role in roles:
         for run_i, run in enumerate(report.runs):
             evals = run.curves[role].evals if role in run.curves else []
-            pts = [(e["epoch"], 100 * e["val_accuracy"]) for e in evals if "val_accuracy" in e]
+            pts = [(e["epoch"], scale * e[key]) for e in evals if key in e]
             if pts:
                 ax.plot(*zip(*pts), marker="o", color=_color(role), alpha=0.7 if many else 1.0,
                         label=role if run_i == 0 else None)
-    ax.set_title("validation accuracy per epoch")
+    ax.set_title(f"validation {label} per epoch")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("accuracy (%)")
+    ax.set_ylabel(f"{label} (%)" if scale == 100 else label)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     else:
@@ -207,13 +214,14 @@ def per_class(report: RunReport) -> Figure:
     return fig
 
 
-def _scatter(report: RunReport, key: str, scale: float, xlabel: str, title: str) -> Figure:
+def _scatter(report: RunReport, key: str, scale: float, xlabel: str, title: str, *, y_key: str = "accuracy",
+             y_scale: float = 100, ylabel: str = "test accuracy (%)") -> Figure:
     fig, ax = plt.subplots(figsize=(5.2, 3.8))
     xs = []
     for i, name in enumerate(_roles(report)):
         ms = [m for run in report.runs for m in run.models if m.name == name]
         x = np.array([getattr(m, key) * scale for m in ms], float)
-        y = np.array([100 * m.accuracy for m in ms], float)
+        y = np.array([y_scale * getattr(m, y_key) for m in ms], float)
         if not np.isfinite(x).all():
             continue
         yerr = y.std(ddof=1) if len(y) > 1 else None
@@ -230,7 +238,7 @@ def _scatter(report: RunReport, key: str, scale: float, xlabel: str, title: str)
     if not xs:
         ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.margins(0.2)
@@ -247,6 +255,11 @@ def accuracy_vs_latency(report: RunReport) -> Figure:
                     "accuracy vs latency")
 
 
+def ppl_vs_size(report: RunReport) -> Figure:
+    return _scatter(report, "size_bytes", 1e-6, "weights file size (MB)", "held-out perplexity vs size",
+                    y_key="ppl", y_scale=1, ylabel="held-out perplexity (lower is better)")
+
+
 # (id, caption, figure function): the report shows them in this order.
 FIGURES = [
     ("learning-curves", "Learning curves: each loss term per optimizer step (raw, faint, and "
@@ -259,3 +272,15 @@ FIGURES = [
     ("accuracy-vs-size", "Test accuracy against the size of the weights file.", accuracy_vs_size),
     ("accuracy-vs-latency", "Test accuracy against CPU latency per sample at batch 1.", accuracy_vs_latency),
 ]
+# a causal-LM run has no classes, calibration bins or batch-1 latency: those plots are left out
+LM_FIGURES = [
+    FIGURES[0][:1] + ("Learning curves: each loss term per optimizer step (raw, faint, and smoothed), "
+                      "and held-out perplexity per epoch.", learning_curves),
+    FIGURES[1],
+    ("ppl-vs-size", "Held-out perplexity against the size of the weights file.", ppl_vs_size),
+]
+
+
+def figures_for(report: RunReport) -> list:
+    """The figures that fit the run's kind of model."""
+    return LM_FIGURES if _lm(report) else FIGURES

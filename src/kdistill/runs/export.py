@@ -47,7 +47,8 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
         teacher = None  # it reads other inputs than the exported model: no side-by-side timing
     inputs, labels = recipe.export_inputs(cfg, data, samples)
     report = export_model(model, run_dir / "export", inputs=inputs, labels=labels, teacher=teacher, name=role,
-                          quantize=quantize, torch_export=torch_export, threads=threads, **options)
+                          quantize=quantize, torch_export=torch_export, threads=threads,
+                          report_path=run_dir / "export.json", **options)  # artifact paths relative to it
     report.update(recipe.export_checks(model, run_dir / "export", role, inputs, quantize))
     atomic_write_text(run_dir / "export.json", json.dumps(report, indent=2))
     return report
