@@ -13,7 +13,8 @@ from kdistill.errors import CacheError, ConfigError
 from kdistill.losses import TopKLogits
 from kdistill.models import build_model
 from kdistill.runs import distill
-from kdistill.teachers import CachedTeacher, LiveTeacher, cache_teacher, open_cache, write_cache
+from kdistill.runs import cache_teacher
+from kdistill.teachers import CachedTeacher, LiveTeacher, open_cache, write_cache
 
 TEACHER = {"arch": "mlp", "hidden": [32]}
 

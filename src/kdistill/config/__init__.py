@@ -97,7 +97,7 @@ class RunConfig(Strict):
         validate.check_learning_rate(self.optim.lr, "optim.lr")
         if getattr(self.teacher, "optim", None) is not None:
             validate.check_learning_rate(self.teacher.optim.lr, "teacher.optim.lr")
-        weights = {k: v for k, v in self.loss if k.endswith("_weight")}
+        weights = {k: v for k, v in self.loss if k.endswith("_weight") and v is not None}
         validate.check_loss_weights(weights, need_active=self.teacher is not None)
         return self
 

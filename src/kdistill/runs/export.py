@@ -36,7 +36,7 @@ def export_run(run_dir: str | Path, *, role: str = "distilled", quantize: str | 
     recipe = recipe_for(cfg)
     if role != "teacher" and not (run_dir / role / "summary.json").is_file():  # before any data loads
         found = [r for r in ROLES[1:] if (run_dir / r / "summary.json").is_file()]
-        raise ExportError(f"{run_dir} has no trained {role!r} model; it has: {', '.join(found) or 'nothing yet'}"
+        raise ExportError(f"{run_dir} has no {role!r} model (not trained); it has: {', '.join(found) or 'nothing yet'}"
                           " (choose with --role)")
     data = recipe.build_data(cfg)
     model = recipe.load(cfg, data, role)

@@ -87,9 +87,12 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
 def cache_teacher(cfg, data=None):
     """``kdistill cache-teacher``: run the config's teacher once over the training split into
     the cache that ``teacher.path`` names (``teacher.kind: cache``); the recipe says how."""
-    if cfg.teacher is None or cfg.teacher.kind != "cache" or cfg.teacher.model is None:
+    if cfg.teacher is None or cfg.teacher.kind != "cache":
         raise ConfigError("this needs `teacher.kind: cache` with teacher.path (where the cache lives) and "
                           "teacher.model (the teacher to run)")
+    if cfg.teacher.model is None:
+        raise ConfigError("teacher.model is not set: cache-teacher needs the teacher to run (teacher.path "
+                          "only says where its outputs go)")
     recipe = recipe_for(cfg)
     with preserved_global_state():
         data = data if data is not None else recipe.build_data(cfg)

@@ -20,7 +20,8 @@ from torch import nn
 
 from kdistill.errors import ConfigError
 from kdistill.losses.objectives import Objective
-from kdistill.runs.roles import ROLES  # noqa: F401  (re-exported: the roles every recipe serves)
+from kdistill.errors import ConfigError
+from kdistill.runs.roles import ROLES, role_dir  # noqa: F401  (ROLES re-exported: the roles every recipe serves)
 from kdistill.tasks.base import Task
 from kdistill.teachers.base import TeacherSource
 
@@ -68,7 +69,23 @@ class Recipe:
         raise NotImplementedError
 
     def load(self, cfg, data, role: str) -> nn.Module | None:
-        """A trained model of this run, or None when that role has not been trained."""
+        """A trained model of this run, or None when that role has not been trained (a teacher:
+        when the config names none or it is not trained yet)."""
+        if role == "teacher":
+            if getattr(cfg.teacher, "model", None) is None:
+                return None
+            try:
+                return self.teacher_model(cfg, data)
+            except ConfigError:
+                return None
+        return self.load_student(cfg, data, role_dir(cfg, role))
+
+    def teacher_model(self, cfg, data) -> nn.Module:
+        """The config's teacher, ready to distil from (bundled, a weights file, or trained here)."""
+        raise NotImplementedError
+
+    def load_student(self, cfg, data, folder: Path) -> nn.Module | None:
+        """The student saved in ``folder`` by ``save``, or None when there is none."""
         raise NotImplementedError
 
     def compare(self, cfg, data, models: dict[str, nn.Module]) -> tuple[list, dict]:

@@ -179,13 +179,8 @@ class CausalLMRecipe(Recipe):
     def save(self, model, out_dir, data) -> None:
         save_hf(model, data.tokenizer, Path(out_dir) / MODEL_DIR)
 
-    def load(self, cfg, data, role):
-        if role == "teacher":
-            try:
-                return self.teacher_model(cfg, data)
-            except ConfigError:
-                return None
-        folder = role_dir(cfg, role) / MODEL_DIR
+    def load_student(self, cfg, data, folder):
+        folder = Path(folder) / MODEL_DIR
         return _from_folder(folder) if folder.is_dir() else None
 
     def compare(self, cfg, data, models):

@@ -23,7 +23,7 @@ from kdistill.runs.recipes.base import Plan, Recipe
 from kdistill.runs.roles import trained_teacher_weights
 from kdistill.tasks import ClassificationTask
 from kdistill.taps import WithConnectors, unwrap
-from kdistill.teachers import EnsembleTeacher, LiveTeacher, TeacherSource, open_cache
+from kdistill.teachers import EnsembleTeacher, LiveTeacher, TeacherSource, cache_teacher, open_cache
 
 WEIGHTS = "model.safetensors"
 
@@ -122,15 +122,8 @@ class ClassificationRecipe(Recipe):
     def save(self, model, out_dir, data) -> None:
         save_state(model, Path(out_dir) / WEIGHTS)
 
-    def load(self, cfg, data, role):
-        if role == "teacher":
-            if cfg.teacher is None or cfg.teacher.model is None:
-                return None
-            try:
-                return self.teacher_model(cfg, data)
-            except ConfigError:
-                return None
-        path = Path(cfg.train.output_dir) / role / WEIGHTS
+    def load_student(self, cfg, data, folder):
+        path = Path(folder) / WEIGHTS
         if not path.is_file():
             return None
         return load_weights(self._model(cfg.student.model_copy(update={"weights": None}), data), path)

@@ -198,15 +198,8 @@ class TextRecipe(Recipe):
     def save(self, model, out_dir, data) -> None:
         save_state(unwrap(model), Path(out_dir) / WEIGHTS)
 
-    def load(self, cfg, data, role):
-        if role == "teacher":
-            if cfg.teacher is None:
-                return None
-            try:
-                return self.teacher_model(cfg, data)
-            except ConfigError:
-                return None
-        path = Path(cfg.train.output_dir) / role / WEIGHTS
+    def load_student(self, cfg, data, folder):
+        path = Path(folder) / WEIGHTS
         if not path.is_file():
             return None
         return load_weights(self._model(cfg.student, data, tokenizer_for(cfg.student), fresh=True), path)
