@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -38,68 +38,94 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
     return prompt
 
 
-def _done_ids(path: Path) -> set[int]:
-    """Ids already answered in ``path``; a record cut by an interruption is dropped from the file
-    (that prompt is answered again)."""
+def _done_jobs(path: Path) -> set[tuple[int, int]]:
+    """(prompt id, sample) pairs already answered in ``path`` (a record without ``sample`` is
+    sample 0); a record cut by an interruption is dropped from the file (it is answered again)."""
     if not path.is_file():
         return set()
     done, kept = set(), []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            done.add(int(json.loads(line)["id"]))
+            record = json.loads(line)
+            done.add((int(record["id"]), int(record.get("sample", 0))))
             kept.append(line)
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError):
             continue
     atomic_write_text(path, "".join(line + "\n" for line in kept))
     return done
+
+
+Job = tuple[int, int]  # (prompt id, sample number)
+
+
+def append_answers(output: Path, jobs: list[Job], answer: Callable[[list[Job], int], Iterable[dict]], *,
+                   batch_size: int, progress: bool = True) -> int:
+    """The resumable JSONL writer every teacher shares: ``jobs`` are cut into batches fixed by
+    position, batches already answered in ``output`` are skipped, and ``answer(batch, position)``
+    yields one record per job (with ``id`` and ``sample``), in any order; each record is written
+    as it comes, every batch flushed and fsynced, so an interruption (a killed process, a dead
+    server) loses only unfinished records and a rerun answers exactly those. Returns how many
+    records were new."""
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = _done_jobs(output)
+    batches = [(s, jobs[s: s + batch_size]) for s in range(0, len(jobs), batch_size)]
+    batches = [(s, b) for s, b in batches if not set(b) <= done]
+    written = 0
+    with open(output, "a", encoding="utf-8") as fh:
+        try:
+            for start, batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+                for record in answer(batch, start):
+                    if (record["id"], record["sample"]) in done:
+                        continue
+                    fh.write(json.dumps(record) + "\n")
+                    done.add((record["id"], record["sample"]))
+                    written += 1
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return written
+
+
+def generation_jobs(prompts: list[str], samples: int = 1) -> list[Job]:
+    return [(i, j) for i in range(len(prompts)) for j in range(samples)]
 
 
 @torch.no_grad()
 def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Path, *,
                      max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                      top_p: float = 1.0, batch_size: int = 8, chat_template: bool = True, seed: int = 0,
-                     source: str = "", progress: bool = True) -> int:
-    """Append the model's answer to each prompt to ``output`` (JSONL: id, prompt as the model saw
-    it, raw_prompt, completion), batch by batch, flushed and fsynced; prompts already answered in
-    ``output`` are skipped, so an interrupted run resumes. Batch b's sampling is seeded by
-    (seed, b) and batches are fixed by prompt position, so a resumed run writes what an uninterrupted one would. Returns how many were new."""
-    from tqdm.auto import tqdm
-
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(output)
-    # batches are fixed by prompt position, so a resumed run samples exactly the same batches
-    batches = [list(range(s, min(s + batch_size, len(prompts)))) for s in range(0, len(prompts), batch_size)]
-    batches = [ids for ids in batches if not set(ids) <= done]
+                     source: str = "", progress: bool = True, samples: int = 1) -> int:
+    """Append the model's answers (``samples`` per prompt) to ``output`` (JSONL: id, sample,
+    prompt as the model saw it, raw_prompt, completion) through ``append_answers``. A batch's
+    sampling is seeded by (seed, its position), so a resumed run writes what an uninterrupted
+    one would. Returns how many were new."""
     model.eval()
+
+    def answer(batch: list[Job], start: int) -> Iterator[dict]:
+        texts = [format_prompt(tokenizer, prompts[i], chat_template) for i, _ in batch]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(seed * 1_000_003 + start)
+        kw = {"do_sample": do_sample, "max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id}
+        if do_sample:
+            kw.update(temperature=temperature, top_p=top_p, top_k=0)
+        out = model.generate(**enc.to(model.device), **kw)
+        for (i, j), text, row in zip(batch, texts, out[:, enc["input_ids"].shape[1]:]):
+            yield {"id": i, "sample": j, "prompt": text, "raw_prompt": prompts[i],
+                   "completion": tokenizer.decode(row, skip_special_tokens=True), "teacher": source,
+                   "do_sample": do_sample}
+
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"  # generation continues from the right end of every row
-    written = 0
     try:
-        with open(output, "a", encoding="utf-8") as fh:
-            for ids in tqdm(batches, desc="generate", disable=not progress, leave=False):
-                texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
-                enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-                torch.manual_seed(seed * 1_000_003 + ids[0])
-                kw = {"do_sample": do_sample, "max_new_tokens": max_new_tokens,
-                      "pad_token_id": tokenizer.pad_token_id}
-                if do_sample:
-                    kw.update(temperature=temperature, top_p=top_p, top_k=0)
-                out = model.generate(**enc.to(model.device), **kw)
-                new = out[:, enc["input_ids"].shape[1]:]
-                for i, text, row in zip(ids, texts, new):
-                    if i in done:
-                        continue
-                    completion = tokenizer.decode(row, skip_special_tokens=True)
-                    fh.write(json.dumps({"id": i, "prompt": text, "raw_prompt": prompts[i],
-                                         "completion": completion, "teacher": source,
-                                         "do_sample": do_sample}) + "\n")
-                    written += 1
-                fh.flush()
-                os.fsync(fh.fileno())
+        return append_answers(output, generation_jobs(prompts, samples), answer, batch_size=batch_size,
+                              progress=progress)
     finally:
         tokenizer.padding_side = side
-    return written
 
 
 class OnPolicyBatches:

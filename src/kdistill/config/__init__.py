@@ -28,6 +28,7 @@ from kdistill.config.losses import KDLoss, LMLoss, TextKDLoss
 from kdistill.config.models import (CNNSpec, HFCausalLMSpec, HFSpec, ImageModelSpec, MLPSpec, ModelSpec,
                                     PretrainedSpec, TextCNNSpec, TextModelSpec)
 from kdistill.config.training import (CacheTeacherConfig, GenerateConfig, LiveTeacherConfig, LogConfig,
+                                      ServerTeacherConfig,
                                       OptimConfig, TeacherConfig, TrainConfig)
 from kdistill.errors import ConfigError
 from kdistill.losses.objectives import ever_nonzero
@@ -202,5 +203,5 @@ def datasets_of(cls: type[RunConfig]) -> tuple[str, ...]:
 __all__ = ["CNNSpec", "CacheTeacherConfig", "CausalLMConfig", "ClassificationConfig", "DataConfig",
            "GenerateConfig", "HFCausalLMSpec", "HFSpec", "KDLoss", "LMDataConfig", "LMLoss",
            "LiveTeacherConfig", "LogConfig", "MLPSpec", "ModelSpec", "OptimConfig", "PretrainedSpec",
-           "RunConfig", "TASKS", "TextCNNSpec", "TextClassificationConfig", "TextDataConfig",
+           "RunConfig", "ServerTeacherConfig", "TASKS", "TextCNNSpec", "TextClassificationConfig", "TextDataConfig",
            "TextKDLoss", "TrainConfig", "format_validation_error", "task_class"]

@@ -68,12 +68,22 @@ def _live_spec(cfg):
     return t.model if t is not None and t.kind == "live" and t.model.arch == "hf_causal_lm" else None
 
 
+def server_tokenizer(cfg):
+    """The tokenizer a server teacher's student reads (teacher.tokenizer, else the student's
+    source), or None when neither is given."""
+    name = cfg.teacher.tokenizer or cfg.student.source
+    return None if name is None else load_tokenizer(cfg.student.model_copy(update={"source": name,
+                                                                               "config": None}))
+
+
 class CausalLMRecipe(Recipe):
     def tokenizer(self, cfg):
         """The teacher's tokenizer (the student reads the same tokens), else the student's own."""
         spec = _live_spec(cfg)
         if spec is not None and spec.source is not None:
             return load_tokenizer(spec)
+        if getattr(cfg.teacher, "kind", None) == "server" and server_tokenizer(cfg) is not None:
+            return server_tokenizer(cfg)
         if cfg.student.source is not None:
             return load_tokenizer(cfg.student)
         raise ConfigError("no tokenizer: give the teacher (teacher.model.source) or the student "
@@ -137,10 +147,23 @@ class CausalLMRecipe(Recipe):
     def _source(self, cfg, data, teacher, student) -> tuple[TeacherSource, int]:
         if isinstance(teacher, TeacherSource):
             return teacher, teacher.num_outputs
+        if teacher is None and getattr(cfg.teacher, "kind", None) == "server":
+            return self._server(cfg, data, student)
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
         student_tok = load_tokenizer(cfg.student) if cfg.student.source is not None else None
         alignment = check_vocabularies(data.tokenizer, student_tok, output_rows(model), output_rows(student))
         return self._live(cfg, model, alignment.size), alignment.size
+
+    def _server(self, cfg, data, student) -> tuple[TeacherSource | None, int]:
+        """No source when the loss never reads the teacher (sequence-level: the student trains on
+        the server's answers, written by `kdistill generate`), else the server's top-k."""
+        from kdistill.losses.objectives import ever_nonzero
+        from kdistill.teachers.server import ServerTeacher
+
+        vocab = min(output_rows(student), len(data.tokenizer))
+        if not ever_nonzero(cfg.loss.soft_weight):
+            return None, vocab
+        return ServerTeacher(cfg.teacher, data.tokenizer, vocab), vocab
 
     def _on_policy(self, cfg, train, student, source, tokenizer):
         from kdistill.generation import OnPolicyBatches
