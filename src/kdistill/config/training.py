@@ -35,6 +35,8 @@ class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
     device: str = "cpu"
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate the student "
+                                             "(ddp) or shard it per transformer block with FSDP2 (fsdp)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
     deterministic: bool = True
     output_dir: Path = Path("runs/run")
