@@ -81,9 +81,9 @@ def append_answers(output: Path, jobs: list[Job], answer: Callable[[list[Job], i
                     if (record["id"], record["sample"]) in done:
                         continue
                     fh.write(json.dumps(record) + "\n")
+                    fh.flush()  # on the OS's side at once: a killed process keeps it
                     done.add((record["id"], record["sample"]))
                     written += 1
-                fh.flush()
                 os.fsync(fh.fileno())
         finally:
             fh.flush()

@@ -216,14 +216,16 @@ class ServerTeacher(TeacherSource):
         self.bos = tokenizer.bos_token_id
         self.offset = self._measure_offset()
 
-    def _entries(self, ids: list[int]) -> list[dict | None]:
-        """The server's top-k entries for ``ids`` echoed, one per id (None where it gives none)."""
+    def _entries(self, ids: list[int]) -> tuple[list[dict | None], int]:
+        """The server's top-k entries for ``ids`` echoed, by token position (None where it gives
+        none; one more at the end for the generated token), and 1 where llama.cpp dropped a
+        leading BOS (its entries then hold the distribution *of* their token)."""
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
         body = {"model": self.cfg.model_name, "prompt": text, "echo": True, "logprobs": self.cfg.top_k,
                 "max_tokens": 1, "temperature": 0.0, **self.cfg.extra_body}
         lp = self.client.post("/v1/completions", body)["choices"][0]["logprobs"]
         tokens, top = lp["tokens"], lp["top_logprobs"]
-        # every id echoed (+ the generated one), or llama.cpp's: the ids equal to its BOS left out
+        # every id echoed, or llama.cpp's: a leading BOS dropped, and the other BOS ids left out
         candidates = [list(range(len(ids))), [r for r, t in enumerate(ids) if t != self.bos]]
         kept = next((c for c in candidates if len(tokens) - len(c) in (0, 1)
                      and not any(self._differs(tokens[e], ids[r]) for e, r in enumerate(c))), None)
@@ -236,24 +238,31 @@ class ServerTeacher(TeacherSource):
             out[r] = top[e]
         if len(tokens) > len(kept):  # the generated token's entry
             out[len(ids)] = top[len(kept)]
-        return out
+        return out, int(ids[0] == self.bos and kept[:1] != [0])
 
     def _differs(self, shown: str, token: int) -> bool:
         mine = self.texts.text[token] if token < len(self.texts.text) else None
         return bool(shown) and mine is not None and "\ufffd" not in mine and shown != mine
 
     def _after_prefix(self, ids: list[int]) -> dict:
-        """The distribution of the token after ``ids``: the entry of one generated token."""
+        """The distribution of the token after ``ids``: the entry of one generated token (BOS and
+        EOS biased away: llama.cpp gives no entry for either; the entry's log-probabilities are
+        the model's own, before the bias)."""
         text = self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+        bias = {str(t): -100.0 for t in (self.bos, self.tokenizer.eos_token_id) if t is not None}
         body = {"model": self.cfg.model_name, "prompt": text, "logprobs": self.cfg.top_k, "max_tokens": 1,
-                "temperature": 0.0, **self.cfg.extra_body}
-        return self.client.post("/v1/completions", body)["choices"][0]["logprobs"]["top_logprobs"][0]
+                "temperature": 0.0, "logit_bias": bias, **self.cfg.extra_body}
+        top = self.client.post("/v1/completions", body)["choices"][0]["logprobs"]["top_logprobs"]
+        if not top or not top[0]:
+            raise ServerError(f"{self.cfg.base_url} gave no log-probabilities for the token after a prefix "
+                              f"of {len(ids)} tokens")
+        return top[0]
 
     def _measure_offset(self) -> int:
         """Whether entry p + 0 or p + 1 holds the distribution of token p + 1 on this server: the
         one under which a counting sequence's next numbers are likely."""
         ids = self.tokenizer(ALIGN_TEXT, add_special_tokens=False)["input_ids"]
-        entries = self._entries(ids)
+        entries, _ = self._entries(ids)
         scores = {}
         for shift in (0, 1):
             got = [(entries[p + shift] or {}).get(self.texts.text[ids[p + 1]], MISSING_LOGPROB)
@@ -266,10 +275,11 @@ class ServerTeacher(TeacherSource):
         return best
 
     def _row(self, ids: list[int], positions: list[int]) -> list[dict]:
-        entries = self._entries(ids)
+        entries, dropped_bos = self._entries(ids)
+        offset = self.offset + dropped_bos
         rows = []
         for p in positions:
-            entry = entries[p + self.offset] if p + self.offset < len(entries) else None
+            entry = entries[p + offset] if p + offset < len(entries) else None
             rows.append(entry if entry else self._after_prefix(ids[: p + 1]))
         return rows
 
