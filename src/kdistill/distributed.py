@@ -2,8 +2,10 @@
 
 Launched by ``torchrun --nproc_per_node=N -m kdistill distill CONFIG`` (or ``kdistill distill
 --nproc N``, which execs exactly that), every process runs the same run: it joins torchrun's
-process group (gloo on CPU, nccl on CUDA), wraps the student in DistributedDataParallel, keeps its
-own copy of the teacher and iterates its shard of each epoch's shuffled order. Only rank 0 logs,
+process group (gloo on CPU, nccl on CUDA), wraps the student in DistributedDataParallel (or, with
+``train.parallel: fsdp``, shards it with FSDP2: each rank holds 1/N of the weights, gradients
+and optimizer state), keeps its own copy of the teacher and iterates its shard of each epoch's
+shuffled order. Only rank 0 logs,
 evaluates and writes checkpoints, weights and summaries. In a plain single process every helper
 here is a no-op, so the engine has one code path.
 """
@@ -101,10 +103,93 @@ def wrap(model: nn.Module, ctx: Context) -> nn.Module:
 
 
 def no_sync(model: nn.Module, sync: bool):
-    """Skip DDP's gradient all-reduce on all but the last micro-batch of an accumulated step."""
+    """Skip DDP's gradient all-reduce (FSDP's reduce-scatter) on all but the last micro-batch of
+    an accumulated step."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
+        return contextlib.nullcontext()
     if sync or not isinstance(model, DistributedDataParallel):
         return contextlib.nullcontext()
     return model.no_sync()
+
+
+# ---------------------------------------------------------------- FSDP2 (train.parallel: fsdp)
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks to shard one by one: the modules a Hugging Face model names in
+    ``_no_split_modules`` (its decoder layers), else none (the root alone is sharded)."""
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    return [m for m in model.modules() if type(m).__name__ in names]
+
+
+def shard(view: nn.Module, device: torch.device) -> nn.Module:
+    """FSDP2 in place: ``fully_shard`` each transformer block, then the root (the embedding, final
+    norm and output layer: the root stays unsharded from its forward to the end of backward, so
+    the fused loss reads the whole output layer). Parameters become DTensors on ``device``;
+    build the optimizer after this."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    for block in transformer_blocks(view):
+        fully_shard(block, mesh=mesh)
+    return fully_shard(view, mesh=mesh)
+
+
+def save_sharded(model: nn.Module, optimizer, folder, step: int) -> None:
+    """Every rank writes its shards of the model and optimizer (torch.distributed.checkpoint)
+    into ``folder``, through a temporary folder renamed when all are done."""
+    import shutil
+    from pathlib import Path
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    if dist.get_rank() == 0 and tmp.exists():
+        shutil.rmtree(tmp)
+    dist.barrier()
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    dcp.save({"model": model_sd, "optim": optim_sd, "step": torch.tensor(step)}, checkpoint_id=str(tmp))
+    dist.barrier()
+    if dist.get_rank() == 0:
+        old = folder.with_name(folder.name + ".old")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
+
+
+def load_sharded(model: nn.Module, optimizer, folder) -> int:
+    """Load this rank's shards written by ``save_sharded``; returns the step they were saved at."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_sd, optim_sd = get_state_dict(model, optimizer)
+    state = {"model": model_sd, "optim": optim_sd, "step": torch.tensor(-1)}
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+    return int(state["step"])
+
+
+def gather_full(view: nn.Module, target: nn.Module, prefix: str, is_main: bool) -> None:
+    """The sharded model's full state dict (a collective: every rank calls it) loaded into
+    ``target`` on rank 0, a plain module kept on the meta device until now: what is saved is an
+    ordinary model (save_pretrained loads it back without torch.distributed)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(view, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not is_main:
+        return
+    target.to_empty(device="cpu")
+    target.load_state_dict({k[len(prefix):]: v for k, v in full.items() if k.startswith(prefix)}, strict=False)
+    if hasattr(target, "tie_weights"):  # to_empty untied shared weights (and a full state dict may name one)
+        target.tie_weights()
 
 
 class GracefulStop:

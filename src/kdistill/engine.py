@@ -12,6 +12,7 @@ teacher outputs come from), never in a copy of this loop.
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import json
 import math
@@ -39,6 +40,7 @@ from kdistill.teachers.base import TeacherSource
 from kdistill.tracking import StepLogger, open_loggers
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED = "checkpoint.dcp"  # train.parallel: fsdp: every rank's shards (torch.distributed.checkpoint)
 METRICS = "metrics.jsonl"
 # config fields a resumed run may change
 # config fields a resumed run may change (output_dir: a moved run folder resumes)
@@ -86,11 +88,16 @@ class Engine:
         self.objective = objective or build_objective(cfg.loss, teacher=teacher is not None)
         self.loggers = list(loggers or [])  # fed beside metrics.jsonl and the config's trackers
         self.device = torch.device(cfg.train.device)
-        self.student = student.to(self.device)
         self.dist = distributed.current()
-        # DDP under torchrun (around the task's view of the student): trains self.student
-        self.model = (distributed.wrap(task.parallel_module(self.student), self.dist)
-                      if self.dist.world_size > 1 else self.student)
+        self.fsdp = cfg.train.parallel == "fsdp" and self.dist.world_size > 1
+        if self.fsdp:  # a sharded copy trains; ``student`` waits on the meta device for the result
+            self.plain, self.student = student, copy.deepcopy(student)
+            student.to("meta")
+            self.model = distributed.shard(task.parallel_module(self.student), self.device)
+        else:  # DDP under torchrun (around the task's view of the student): trains self.student
+            self.student = student.to(self.device)
+            self.model = (distributed.wrap(task.parallel_module(self.student), self.dist)
+                          if self.dist.world_size > 1 else self.student)
         self.train_batches, self.val_batches = train_batches, val_batches
         self.out_dir = Path(out_dir or cfg.train.output_dir)
         self.num_outputs = num_outputs
@@ -121,7 +128,7 @@ class Engine:
         probe = {k: v[:2] if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         self.student.eval()  # no dropout draws: the probe must not move the RNG
         with torch.no_grad():
-            s = self.task.forward(self.student, probe)
+            s = self.task.forward(self.model if self.fsdp else self.student, probe)
         self.student.train()
         if self.num_outputs is not None and s.logits is not None and s.logits.shape[-1] != self.num_outputs:
             raise TrainingError(f"the student predicts {s.logits.shape[-1]} classes but the data has "
@@ -214,6 +221,9 @@ class Engine:
         try:
             with distributed.GracefulStop() as self.stop:
                 history = self._fit(resume, active)
+            if self.fsdp:  # the trained weights into the caller's (plain) student, on rank 0
+                prefix = "lm." if self.model is not self.student else ""
+                distributed.gather_full(self.model, self.plain, prefix, self.dist.is_main)
             failed = False
             return history
         finally:
@@ -281,8 +291,8 @@ class Engine:
                 self.epoch, self.step_in_epoch = epoch + 1, 0
             summary = {"epoch": self.epoch if finished else epoch + self.step_in_epoch / self.steps_per_epoch,
                        "step": self.step, "seconds": time.perf_counter() - t0}
-            if self.val_batches is not None and main:
-                summary.update({f"val_{k}": v for k, v in self.task.evaluate(self.student, self.val_batches).items()})
+            if self.val_batches is not None and (main or self.fsdp):  # sharded: every rank takes part
+                summary.update({f"val_{k}": v for k, v in self._evaluate().items()})
             self.history.append(summary)
             with open(metrics, "a") as log:
                 log.write(json.dumps({"eval": summary}) + "\n")
@@ -297,6 +307,15 @@ class Engine:
             self._save()
         return self.history
 
+    def _evaluate(self) -> dict:
+        if not self.fsdp:
+            return self.task.evaluate(self.student, self.val_batches)
+        self.model.unshard()  # the root's embedding, norm and output layer; blocks gather themselves
+        try:
+            return self.task.evaluate(self.student, self.val_batches)
+        finally:
+            self.model.reshard()
+
     def _interrupted(self, signum: int | None) -> RunInterrupted:
         signum = signum or 15  # the signal reached another rank; SIGTERM is what torchrun sends
         return RunInterrupted(
@@ -306,9 +325,10 @@ class Engine:
 
     # ------------------------------------------------------------------ checkpoints
     def _state(self, rng_states: list[torch.Tensor]) -> dict:
-        return {
-            "student": self.student.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
+        return {  # sharded (fsdp): the weights and optimizer live in SHARDED, written by every rank
+            "student": {} if self.fsdp else self.student.state_dict(),
+            "optimizer": {} if self.fsdp else self.optimizer.state_dict(),
+            "sharded": self.fsdp,
             "step": self.step,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
@@ -322,6 +342,8 @@ class Engine:
 
     def _save(self) -> None:
         rng_states = self.dist.gather(torch.get_rng_state())  # every rank takes part
+        if self.fsdp:
+            distributed.save_sharded(self.model, self.optimizer, self.out_dir / SHARDED, self.step)
         if self.dist.is_main:
             save_checkpoint(self.out_dir / CHECKPOINT, self._state(rng_states))
 
@@ -335,9 +357,16 @@ class Engine:
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written by {state.get('world_size', 1)} "
                                   f"process(es), this run has {self.dist.world_size}: resume with "
                                   f"--nproc {state.get('world_size', 1)} (the data shards depend on it)")
+        if state.get("sharded", False) != self.fsdp:
+            raise CheckpointError(f"{self.out_dir / CHECKPOINT} was written with train.parallel "
+                                  f"{'fsdp' if state.get('sharded') else 'ddp'}: resume with the same setting")
         try:
-            self.student.load_state_dict(state["student"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if self.fsdp and distributed.load_sharded(self.model, self.optimizer, self.out_dir / SHARDED) != state["step"]:
+                raise CheckpointError(f"{self.out_dir / SHARDED} and {CHECKPOINT} are of different steps: "
+                                      "drop --resume to start afresh")
+            if not self.fsdp:
+                self.student.load_state_dict(state["student"])
+                self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as exc:
             raise CheckpointError(f"{self.out_dir / CHECKPOINT} does not fit this run's model: "
                                   f"{' '.join(str(exc).split())[:300]}; drop --resume to start afresh") from None
@@ -346,7 +375,7 @@ class Engine:
         self.step_in_epoch = state.get("step_in_epoch", 0)
         self.history = json.loads(state["history"])
         rng = state["torch_rng"]
-        torch.set_rng_state(rng[self.dist.rank] if rng.dim() == 2 else rng)
+        torch.set_rng_state((rng[self.dist.rank] if rng.dim() == 2 else rng).clone())  # a row view at an offset segfaults
         # keep the log consistent with the checkpoint: drop steps logged after it was written
         path = self.out_dir / METRICS
         if path.exists() and self.dist.is_main:

@@ -8,7 +8,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -40,20 +40,26 @@ def format_prompt(tokenizer, prompt: str, chat_template: bool) -> str:
     return prompt
 
 
-def _done_ids(path: Path) -> set[int]:
-    """Ids already answered in ``path``; a record cut by an interruption is dropped from the file
-    (that prompt is answered again)."""
+def _done_jobs(path: Path) -> set[tuple[int, int]]:
+    """(prompt id, sample) pairs already answered in ``path`` (a record without ``sample`` is
+    sample 0); a record cut by an interruption is dropped from the file (it is answered again)."""
     if not path.is_file():
         return set()
     done, kept = set(), []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            done.add(int(json.loads(line)["id"]))
+            record = json.loads(line)
+            done.add((int(record["id"]), int(record.get("sample", 0))))
             kept.append(line)
-        except (json.JSONDecodeError, KeyError, ValueError, TypeError):
+        except (json.JSONDecodeError, KeyError, ValueError, TypeError, AttributeError):
             continue
     atomic_write_text(path, "".join(line + "\n" for line in kept))
     return done
+
+
+def _done_ids(path: Path) -> set[int]:
+    """Prompt ids with a record in ``path`` (torn records dropped, as ``_done_jobs`` does)."""
+    return {i for i, _ in _done_jobs(path)}
 
 
 @contextlib.contextmanager
@@ -70,6 +76,46 @@ def left_padding(tokenizer):
 def completion_length(row: list[int], eos_id: int | None) -> int:
     """Generated tokens of one row: up to and including the first eos, else all of them."""
     return row.index(eos_id) + 1 if eos_id is not None and eos_id in row else len(row)
+
+
+Job = tuple[int, int]  # (prompt id, sample number)
+
+
+def append_answers(output: Path, jobs: list[Job], answer: Callable[[list[Job], int], Iterable[dict]], *,
+                   batch_size: int, progress: bool = True) -> int:
+    """The resumable JSONL writer every teacher shares: ``jobs`` are cut into batches fixed by
+    position, batches already answered in ``output`` are skipped, and ``answer(batch, position)``
+    yields one record per job (with ``id`` and ``sample``), in any order; each record is written
+    as it comes, every batch flushed and fsynced, so an interruption (a killed process, a dead
+    server) loses only unfinished records and a rerun answers exactly those. Returns how many
+    records were new."""
+    from tqdm.auto import tqdm
+
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    done = _done_jobs(output)
+    batches = [(s, jobs[s: s + batch_size]) for s in range(0, len(jobs), batch_size)]
+    batches = [(s, b) for s, b in batches if not set(b) <= done]
+    written = 0
+    with open(output, "a", encoding="utf-8") as fh:
+        try:
+            for start, batch in tqdm(batches, desc="generate", disable=not progress, leave=False):
+                for record in answer(batch, start):
+                    if (record["id"], record["sample"]) in done:
+                        continue
+                    fh.write(json.dumps(record) + "\n")
+                    fh.flush()  # on the OS's side at once: a killed process keeps it
+                    done.add((record["id"], record["sample"]))
+                    written += 1
+                os.fsync(fh.fileno())
+        finally:
+            fh.flush()
+            os.fsync(fh.fileno())
+    return written
+
+
+def generation_jobs(prompts: list[str], samples: int = 1) -> list[Job]:
+    return [(i, j) for i in range(len(prompts)) for j in range(samples)]
 
 
 @torch.no_grad()

@@ -29,6 +29,7 @@ from kdistill.config.models import (CNNSpec, HFCausalLMSpec, HFSpec, ImageModelS
                                     PretrainedSpec, TextCNNSpec, TextModelSpec)
 from kdistill.config.reasoning import CheckerConfig, ReasoningEvalConfig
 from kdistill.config.training import (CacheTeacherConfig, GenerateConfig, LiveTeacherConfig, LogConfig,
+                                      ServerTeacherConfig,
                                       OptimConfig, TeacherConfig, TrainConfig)
 from kdistill.errors import ConfigError
 from kdistill.losses.objectives import ever_nonzero
@@ -190,7 +191,7 @@ class CausalLMConfig(RunConfig):
     reasoning: Optional[ReasoningEvalConfig] = Field(
         None, description="generation-based evaluation: exact match on held-out problems in the comparison")
     archs: ClassVar[tuple[str, ...]] = ("hf_causal_lm",)
-    teacher_kinds: ClassVar[tuple[str, ...]] = ("live", "cache")
+    teacher_kinds: ClassVar[tuple[str, ...]] = ("live", "cache", "server")
 
 
 TASKS: dict[str, type[RunConfig]] = {c.model_fields["task"].default: c for c in
@@ -211,5 +212,5 @@ def datasets_of(cls: type[RunConfig]) -> tuple[str, ...]:
 __all__ = ["CNNSpec", "CacheTeacherConfig", "CheckerConfig", "ReasoningEvalConfig", "CausalLMConfig", "ClassificationConfig", "DataConfig",
            "GenerateConfig", "HFCausalLMSpec", "HFSpec", "KDLoss", "LMDataConfig", "LMLoss",
            "LiveTeacherConfig", "LogConfig", "MLPSpec", "ModelSpec", "OptimConfig", "PretrainedSpec",
-           "RunConfig", "TASKS", "TextCNNSpec", "TextClassificationConfig", "TextDataConfig",
+           "RunConfig", "ServerTeacherConfig", "TASKS", "TextCNNSpec", "TextClassificationConfig", "TextDataConfig",
            "TextKDLoss", "TrainConfig", "format_validation_error", "task_class"]

@@ -36,6 +36,8 @@ class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
     device: str = "cpu"
+    parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate the student "
+                                             "(ddp) or shard it per transformer block with FSDP2 (fsdp)")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
     deterministic: bool = True
     output_dir: Path = Path("runs/run")
@@ -128,6 +130,34 @@ class CacheTeacherConfig(Strict):
         return self
 
 
+class ServerTeacherConfig(Strict):
+    """A teacher behind an OpenAI-compatible HTTP server (vLLM, SGLang, llama.cpp, TGI, a hosted
+    API). The API key is read from the environment variable ``api_key_env`` when a request is
+    made, never from this file, so it reaches no config, log, report or checkpoint."""
+
+    kind: Literal["server"] = "server"
+    base_url: str = Field(..., description="e.g. http://127.0.0.1:8000 (the /v1 routes are added)")
+    model_name: str = Field(..., description="the served model (the `model` field of each request)")
+    api_key_env: Optional[str] = Field(None, description="name of the environment variable holding the key")
+    timeout_s: float = Field(120.0, gt=0, description="per request (connect + read)")
+    concurrency: int = Field(4, gt=0, description="requests in flight at once")
+    max_retries: int = Field(4, ge=0, description="retries of a request on 429 / 5xx / a dropped connection")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay, doubled each retry")
+    max_requests: Optional[int] = Field(None, gt=0, description="budget: stop the run after this many requests")
+    top_k: int = Field(20, gt=0, description="log-probabilities kept per token for token-level distillation")
+    tokenizer: Optional[str] = Field(None, description="the tokenizer the student reads (hub id, folder or "
+                                     "smollm2-135m-instruct); default: the student's source")
+    extra_body: dict = Field(default_factory=dict, description="fields added to every request (e.g. "
+                             "llama.cpp's {top_k: 0, min_p: 0} for plain sampling)")
+
+    @model_validator(mode="after")
+    def _no_key_in_url(self):
+        if "@" in self.base_url.split("//", 1)[-1].split("/", 1)[0]:
+            raise ValueError("teacher.base_url holds credentials: put the key in an environment "
+                             "variable and name it in teacher.api_key_env")
+        return self
+
+
 def _teacher_kind(value) -> str:
     """A teacher section without ``kind`` is a live teacher (as before caches existed)."""
     return value.get("kind", "live") if isinstance(value, dict) else getattr(value, "kind", "live")
@@ -164,6 +194,7 @@ class EnsembleTeacherConfig(Strict):
 
 TeacherConfig = Annotated[
     Union[Annotated[LiveTeacherConfig, Tag("live")], Annotated[CacheTeacherConfig, Tag("cache")],
+          Annotated[ServerTeacherConfig, Tag("server")],
           Annotated[EnsembleTeacherConfig, Tag("ensemble")]],
     Discriminator(_teacher_kind),
 ]

@@ -66,7 +66,8 @@ class FinalHidden(nn.Module):
 def selected_hidden(model: nn.Module, batch: dict, device: torch.device) -> torch.Tensor:
     """The final hidden states (N, H) at the selected positions; ``model`` is the causal LM or
     DDP around its ``FinalHidden``."""
-    view = model if isinstance(getattr(model, "module", None), FinalHidden) else FinalHidden(model)
+    view = model if isinstance(model, FinalHidden) or isinstance(getattr(model, "module", None), FinalHidden) \
+        else FinalHidden(model)
     hidden = view(batch["input_ids"].to(device), batch["attention_mask"].to(device))
     return hidden[:, :-1][target_mask(batch).to(device)]
 
@@ -102,7 +103,7 @@ class CausalLMTask(Task):
     def forward(self, model: nn.Module, batch: dict) -> Outputs:
         """Final hidden states (N, H) at the selected positions and the output layer, when that
         layer can be fused with the loss (the common case); else the selected logits (N, V)."""
-        inner = getattr(model, "module", None)  # DistributedDataParallel's wrapped module
+        inner = model if isinstance(model, FinalHidden) else getattr(model, "module", None)  # FSDP2 / DDP
         head = output_head(inner.lm if isinstance(inner, FinalHidden) else model)
         if head is None:
             return Outputs(selected_logits(model, batch, self.device, self.vocab_size))

@@ -72,12 +72,22 @@ def _teacher_spec(cfg):
     return model if model is not None and model.arch == "hf_causal_lm" else None
 
 
+def server_tokenizer(cfg):
+    """The tokenizer a server teacher's student reads (teacher.tokenizer, else the student's
+    source), or None when neither is given."""
+    name = cfg.teacher.tokenizer or cfg.student.source
+    return None if name is None else load_tokenizer(cfg.student.model_copy(update={"source": name,
+                                                                               "config": None}))
+
+
 class CausalLMRecipe(Recipe):
     def tokenizer(self, cfg):
         """The teacher's tokenizer (the student reads the same tokens), else the student's own."""
         spec = _teacher_spec(cfg)
         if spec is not None and spec.source is not None:
             return load_tokenizer(spec)
+        if getattr(cfg.teacher, "kind", None) == "server" and server_tokenizer(cfg) is not None:
+            return server_tokenizer(cfg)
         if cfg.student.source is not None:
             return load_tokenizer(cfg.student)
         named = {n for n in (getattr(spec, "tokenizer", None), cfg.student.tokenizer) if n is not None}
@@ -158,6 +168,8 @@ class CausalLMRecipe(Recipe):
     def _source(self, cfg, data, teacher, student) -> tuple[TeacherSource, int]:
         if isinstance(teacher, TeacherSource):
             return teacher, teacher.num_outputs
+        if teacher is None and getattr(cfg.teacher, "kind", None) == "server":
+            return self._server(cfg, data, student)
         student_tok = load_tokenizer(cfg.student) if cfg.student.source is not None else None
         if teacher is None and cfg.teacher.kind == "cache":
             cache = open_lm_cache(cfg, data, output_rows(student), student_tok)
@@ -165,6 +177,17 @@ class CausalLMRecipe(Recipe):
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
         alignment = check_vocabularies(data.tokenizer, student_tok, output_rows(model), output_rows(student))
         return self._live(cfg, model, alignment.size), alignment.size
+
+    def _server(self, cfg, data, student) -> tuple[TeacherSource | None, int]:
+        """No source when the loss never reads the teacher (sequence-level: the student trains on
+        the server's answers, written by `kdistill generate`), else the server's top-k."""
+        from kdistill.losses.objectives import ever_nonzero
+        from kdistill.teachers.server import ServerTeacher
+
+        vocab = min(output_rows(student), len(data.tokenizer))
+        if not ever_nonzero(cfg.loss.soft_weight):
+            return None, vocab
+        return ServerTeacher(cfg.teacher, data.tokenizer, vocab), vocab
 
     def _on_policy(self, cfg, train, student, source, tokenizer):
         from kdistill.generation import OnPolicyBatches
