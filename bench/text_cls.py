@@ -74,7 +74,7 @@ def base_config(s: dict, out: Path, student: str = "wide") -> dict:
         "data": {"dataset": "rotten_tomatoes", "max_length": 64, "batch_size": 32, "eval_batch_size": 128,
                  "limit_train": s["limit_train"], "limit_eval": s["limit_eval"], "split_seed": 0,
                  "unlabeled_from_train": bool(s["unlabeled"]), "limit_unlabeled": s["unlabeled"] or None},
-        "teacher": {"kind": "live", "model": TEACHER, "memoize": True, "epochs": s["teacher_epochs"],
+        "teacher": {"kind": "live", "model": TEACHER, "epochs": s["teacher_epochs"],
                     "optim": {"name": "adamw", "weight_decay": 0.01, "max_grad_norm": 1.0,
                               "lr": {"kind": "linear", "start": 3e-4, "end": 3e-6, "warmup_steps": 10}}},
         "student": STUDENTS[student],

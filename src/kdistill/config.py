@@ -246,11 +246,14 @@ TEXT_ARCHS = ("hf", "text_cnn")
 class LiveTeacherConfig(Strict):
     kind: Literal["live"] = "live"
     model: ModelSpec
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto: bf16 where the device runs it natively, else fp32 (kdistill.precision)")
     compile: bool = False
     device: Optional[str] = Field(None, description="defaults to the student's device")
-    memoize: bool = Field(False, description="text tasks: keep each training sample's teacher outputs "
-                                             "in memory after its first pass (text is never augmented)")
+    reuse: Literal["auto", "off"] = Field(
+        "auto", description="auto: a frozen teacher on inputs that never change (no augmentation) runs "
+                            "once per training sample and later epochs reuse its outputs; off: run it "
+                            "on every batch (kdistill.teachers.memo)")
     optim: Optional[OptimConfig] = Field(
         None, description="text tasks, --role teacher: the fine-tuning optimizer (else the run's optim)")
     epochs: Optional[int] = Field(
@@ -340,7 +343,9 @@ class TrainConfig(Strict):
     epochs: int = Field(10, gt=0)
     grad_accum_steps: int = Field(1, gt=0)
     device: str = "cpu"
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast the forward passes; auto: bf16 where the device runs it "
+                            "natively, else fp32 (kdistill.precision)")
     deterministic: bool = True
     output_dir: Path = Path("runs/run")
     log_every_steps: int = Field(1, gt=0, description="JSONL metrics every N optimizer steps")
@@ -401,8 +406,6 @@ class RunConfig(Strict):
             if text != (spec.arch in TEXT_ARCHS):
                 raise ValueError(f"{where}.arch {spec.arch} does not fit task {self.task}: text tasks "
                                  f"take arch {' or '.join(TEXT_ARCHS)}, image tasks the others")
-        if getattr(self.teacher, "memoize", False) and not text:
-            raise ValueError("teacher.memoize is for text tasks only (images may be augmented)")
         intermediate = any(as_schedule(w).at(0.0) or as_schedule(w).at(1.0) or as_schedule(w).warmup_start
                            for w in (self.loss.hidden_weight, self.loss.attention_weight))
         if intermediate and not (text and self.student.arch == "hf" and teacher_model is not None

@@ -10,7 +10,6 @@ come from), never in a copy of this loop.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdistill import distributed
+from kdistill import distributed, precision
 from kdistill.checkpoint import load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
 from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
@@ -121,9 +120,7 @@ class Engine:
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision.autocast(self.cfg.train.precision, self.device)
 
     def train_step(self, group: list[dict], hp: dict[str, float]) -> dict[str, float] | None:
         """One optimizer step over the micro-batches of ``group``; the loss is the sum over every

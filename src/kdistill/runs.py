@@ -25,8 +25,10 @@ from kdistill.engine import METRICS, Engine
 from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, aggregate_rows, compare, rows_as_dicts
 from kdistill.models import build_model, count_parameters, load_weights
+from kdistill.precision import precision_record
 from kdistill.tasks import ClassificationTask
 from kdistill.teachers import LiveTeacher, TeacherSource, cache_teacher, open_cache
+from kdistill.teachers.memo import default_source
 
 STUDENT_WEIGHTS = "model.safetensors"
 COMPARISON = "comparison.json"
@@ -125,7 +127,7 @@ def _run_here(cfg: RunConfig, *, teacher: TeacherSource | None, student: nn.Modu
         summary = {"name": cfg.name, "mode": "distill" if teacher else "train",
                    "parameters": count_parameters(student), "epochs": history,
                    "teacher": teacher.describe() if teacher else None,
-                   "processes": engine.dist.world_size}
+                   "precision": precision_record(cfg), "processes": engine.dist.world_size}
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return RunResult(out_dir, student, history, data)
 
@@ -175,6 +177,7 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TeacherSource | None = None,
         teacher = build_teacher(cfg, data)
     elif isinstance(teacher, nn.Module):
         teacher = LiveTeacher(teacher, num_outputs=data.num_classes, device=cfg.train.device)
+    teacher = default_source(cfg, teacher)  # a frozen teacher on fixed inputs runs once per sample
     return _run(cfg, teacher=teacher, student=student, data=data, resume=resume,
                 out_dir=out_dir or role_dir(cfg, "distilled"))
 

@@ -21,10 +21,12 @@ from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.evaluate import ModelReport, compare
 from kdistill.models import count_parameters, load_weights
+from kdistill.precision import precision_record
 from kdistill.runs import (ROLES, STUDENT_WEIGHTS, RunResult, load_trained_teacher, role_dir, save_model,
                            write_comparison)
 from kdistill.models.text import WithProjections, build_text_model, init_from_teacher, load_tokenizer, unwrap
 from kdistill.tasks.text import TextClassificationTask, ever_nonzero, plan_layer_terms
+from kdistill.teachers.memo import default_source
 from kdistill.teachers.text import TextTeacher
 
 
@@ -61,7 +63,7 @@ def build_teacher(cfg: RunConfig, data: TextSplits, hidden_layers=(), attention_
     t = cfg.teacher
     return TextTeacher(model if model is not None else teacher_model(cfg, data, attentions=bool(attention_layers)),
                        num_outputs=data.num_classes, hidden_layers=hidden_layers,
-                       attention_layers=attention_layers, memoize=t.memoize, precision=t.precision,
+                       attention_layers=attention_layers, precision=t.precision,
                        compile=t.compile, device=t.device or cfg.train.device, output_device=cfg.train.device)
 
 
@@ -90,7 +92,7 @@ def _fit(cfg: RunConfig, model: nn.Module, task: TextClassificationTask, data: T
     save_model(exported, out_dir / STUDENT_WEIGHTS)
     summary = {"name": cfg.name, "mode": "distill" if teacher else "train", "task": cfg.task,
                "parameters": count_parameters(exported), "epochs": history,
-               "teacher": teacher.describe() if teacher else None, **notes}
+               "teacher": teacher.describe() if teacher else None, "precision": precision_record(cfg), **notes}
     atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2))
     return RunResult(out_dir, exported, history, data)
 
@@ -121,8 +123,8 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
             student: nn.Module | None = None, data: TextSplits | None = None,
             resume: bool = False, out_dir: Path | None = None):
     """Distil the teacher into the student: soft targets + labels, plus hidden-state and
-    attention terms when their weights are set. ``teacher`` may be a ready ``TextTeacher`` (e.g.
-    one memoizing across several runs), a model, or None for the config's."""
+    attention terms when their weights are set. ``teacher`` may be a ready ``TextTeacher`` (runs
+    given the same one share its memoized outputs), a model, or None for the config's."""
     if cfg.teacher is None:
         raise ConfigError("distillation needs a `teacher:` section in the config")
     data = data or build_text_data(cfg.data)
@@ -155,6 +157,7 @@ def distill(cfg: RunConfig, *, teacher: nn.Module | TextTeacher | None = None,
                                terms.teacher_attention if terms else (), model=t_model)
     if projections:
         model = WithProjections(model, projections)
+    source = default_source(cfg, source)  # a frozen teacher on fixed inputs runs once per sample
     task = TextClassificationTask(data.num_classes, cfg.train.device, teacher=source, layer_terms=terms,
                                   loss_cfg=cfg.loss, projections=projections)
     teacher_term = any(ever_nonzero(w) for w in (cfg.loss.soft_weight, cfg.loss.hidden_weight,

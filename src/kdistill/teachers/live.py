@@ -8,9 +8,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kdistill.precision import DTYPES, resolve_precision
 from kdistill.teachers.base import TeacherSource, to_logits
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def weights_hash(model: nn.Module) -> str:
@@ -34,12 +33,12 @@ class LiveTeacher(TeacherSource):
                  inputs: Callable[[dict], object] | None = None):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
-        self.dtype = _DTYPES[precision]
+        self.precision, self.precision_reason = resolve_precision(precision, self.device)  # "auto" -> a dtype
+        self.dtype = DTYPES[self.precision]
         self.model = model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
         self.forward = torch.compile(self.model) if compile else self.model
         self.num_outputs = num_outputs
         self.inputs = inputs or (lambda batch: batch["inputs"])
-        self.precision = precision
 
     @torch.inference_mode()
     def _run(self, batch: dict) -> torch.Tensor:
@@ -55,4 +54,5 @@ class LiveTeacher(TeacherSource):
         return self._run(batch).to(self.output_device, dtype=torch.float32).clone()
 
     def describe(self) -> dict:
-        return {"kind": "live", "weights_sha256": weights_hash(self.model), "precision": self.precision}
+        return {"kind": "live", "weights_sha256": weights_hash(self.model), "precision": self.precision,
+                "precision_reason": self.precision_reason}
