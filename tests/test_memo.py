@@ -147,8 +147,9 @@ def test_rows_past_the_bound_spill_to_disk_and_read_back_exactly(data, tmp_path,
     batches = Batches(data.train, 32, shuffle=True, seed=0)
     for b in batches:
         memo.logits(b)
-    assert len(memo.store.memory) == 50 and len(memo.store.disk) == N - 50
-    assert memo.describe()["bytes_on_disk"] == (N - 50) * row_bytes
+    stats = memo.describe()
+    assert stats["rows_in_memory"] == 50 and stats["rows_on_disk"] == N - 50
+    assert stats["bytes_in_memory"] == 50 * row_bytes and stats["bytes_on_disk"] == (N - 50) * row_bytes
     model.samples = 0
     batches.set_epoch(1)
     for b in batches:
@@ -170,7 +171,8 @@ def test_text_rows_are_trimmed_repadded_and_spilled(tmp_path):
     memo = MemoizedTeacher(live, max_bytes=20_000)
     for b in TextBatches(data.train, 8, shuffle=True, seed=0):
         memo.outputs(b)
-    assert memo.store.disk and memo.store.memory
+    stats = memo.describe()
+    assert stats["rows_on_disk"] and stats["rows_in_memory"] and stats["bytes_in_memory"] <= 20_000
     calls = []
     forward, live.forward = live.forward, lambda **kw: calls.append(kw)  # a forward now would be a miss
     for b in TextBatches(data.train, 8, shuffle=True, seed=1):

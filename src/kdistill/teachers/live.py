@@ -36,6 +36,11 @@ class LiveTeacher(TeacherSource):
         self.precision, self.precision_reason = resolve_precision(precision, self.device)  # "auto" -> a dtype
         self.dtype = DTYPES[self.precision]
         self.model = model.to(self.device, dtype=self.dtype).eval().requires_grad_(False)
+        # 2-D convolutions and pooling run in channels-last layout 1.6x faster on CPU (the bundled
+        # MNIST CNN, batch 128); the layout changes no value beyond rounding
+        self.channels_last = any(isinstance(m, nn.Conv2d) for m in self.model.modules())
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if compile else self.model
         self.num_outputs = num_outputs
         self.inputs = inputs or (lambda batch: batch["inputs"])
@@ -44,7 +49,10 @@ class LiveTeacher(TeacherSource):
     def _run(self, batch: dict) -> torch.Tensor:
         x = self.inputs(batch)
         if isinstance(x, torch.Tensor):
-            out = self.forward(x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype))
+            x = x.to(self.device, dtype=self.dtype if x.is_floating_point() else x.dtype)
+            if self.channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            out = self.forward(x)
         else:  # keyword inputs (e.g. input_ids and attention_mask)
             out = self.forward(**{k: v.to(self.device) for k, v in x.items()})
         return to_logits(out)

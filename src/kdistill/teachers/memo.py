@@ -17,15 +17,15 @@ own fp32 outputs, so training gives the same weights as with the live teacher (t
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 import weakref
+from functools import lru_cache
 
 import torch
 
 from kdistill.losses.topk import TopKLogits
 from kdistill.teachers.base import TeacherSource
+from kdistill.teachers.memo_store import RowStore, TableStore
 
 DEFAULT_MAX_BYTES = 1 << 30  # 1 GiB of outputs in memory; the rest goes to a temporary file
 _IN_BATCH = "memoized_teacher_outputs"  # a batch's outputs once fetched (logits() and outputs() share)
@@ -73,7 +73,12 @@ def default_source(cfg, source: TeacherSource, *, max_bytes: int = DEFAULT_MAX_B
     return wrapped
 
 
-# ---------------------------------------------------------------- rows of one sample
+# ---------------------------------------------------------------- what is stored
+@lru_cache(maxsize=64)
+def _position_weights(width: int) -> torch.Tensor:
+    return ((torch.arange(width, dtype=torch.long) * 40503 + 1) % 65521 + 1).to(torch.int32)
+
+
 def fingerprint(inputs) -> torch.Tensor:
     """(N,) int64: a per-sample hash of the teacher's inputs, exact (integer arithmetic on the
     values' bits, so independent of batch size) and, for token inputs with an attention mask,
@@ -82,27 +87,30 @@ def fingerprint(inputs) -> torch.Tensor:
     mask = tensors.get("attention_mask")
     key = None
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu()
+        t = tensors[name].detach().cpu().flatten(1)
         if t.is_floating_point():
             t = t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-        t = t.long()
+        if t.element_size() == 8:
+            t = t ^ (t >> 32)  # fold 64-bit values into the 32 bits kept below
         if mask is not None and t.shape == mask.shape:
-            t = t * mask.cpu().long()
-        t = t.flatten(1)
-        weights = (torch.arange(t.shape[1], dtype=torch.long) * 40503 + 1) % 65521 + 1
-        part = (t * weights).sum(1)
+            t = t * mask.cpu()
+        # the int32 products wrap (deterministically); the sum accumulates them in int64
+        part = (t.to(torch.int32) * _position_weights(t.shape[1])).sum(1)
         key = part if key is None else key * 1_000_003 + part
     return key
 
 
-def _rows(out, lengths: list[int] | None) -> list[dict[str, torch.Tensor]]:
-    """One dict of CPU tensors per sample (text: trimmed to the sample's length), copied so that
-    nothing done later to the batch's outputs reaches the store."""
-    if isinstance(out, torch.Tensor):
-        return [{"logits": r} for r in out.detach().cpu().clone()]
-    if isinstance(out, TopKLogits):
-        parts = {k: getattr(out, k).detach().cpu().clone() for k in ("values", "indices", "log_tail")}
-        return [{k: v[i] for k, v in parts.items()} for i in range(parts["values"].shape[0])]
+def _kind(out) -> str:
+    return "dense" if isinstance(out, torch.Tensor) else "topk" if isinstance(out, TopKLogits) else "text"
+
+
+def _parts(kind: str, out, lengths: list[int] | None):
+    """What the store keeps of a batch's outputs: fields of fixed-shape rows (dense, topk), or
+    one dict per sample trimmed to its length (text), copied off the batch."""
+    if kind == "dense":
+        return {"logits": out.detach().cpu()}
+    if kind == "topk":
+        return {k: getattr(out, k).detach().cpu() for k in ("values", "indices", "log_tail")}
     logits = out["logits"].detach().cpu().clone()
     rows = []
     for i, n in enumerate(lengths):
@@ -114,23 +122,23 @@ def _rows(out, lengths: list[int] | None) -> list[dict[str, torch.Tensor]]:
     return rows
 
 
-def _join(kind: str, rows: list[dict[str, torch.Tensor]], width: int | None, num_classes: int, device):
-    """The batch's outputs in the form the source gives them, from its samples' rows."""
+def _join(kind: str, parts, width: int | None, num_classes: int, device):
+    """The batch's outputs in the form the source gives them, from what the store kept."""
     if kind == "dense":
-        return torch.stack([r["logits"] for r in rows]).to(device, non_blocking=True)
+        return parts["logits"].to(device, non_blocking=True)
     if kind == "topk":
-        return TopKLogits(*(torch.stack([r[k] for r in rows]).to(device, non_blocking=True)
-                            for k in ("values", "indices", "log_tail")), num_classes)
-    out = {"logits": torch.stack([r["logits"] for r in rows]).to(device), "hidden": {}, "attention": {}}
-    for name in rows[0]:
+        return TopKLogits(*(parts[k].to(device, non_blocking=True) for k in ("values", "indices", "log_tail")),
+                          num_classes)
+    out = {"logits": torch.stack([r["logits"] for r in parts]).to(device), "hidden": {}, "attention": {}}
+    for name in parts[0]:
         group, _, layer = name.partition(".")
         if group == "logits":
             continue
-        first = rows[0][name]
-        shape = (len(rows), *first.shape[:-2], width, width) if group == "attention" else \
-            (len(rows), width, *first.shape[1:])
+        first = parts[0][name]
+        shape = (len(parts), *first.shape[:-2], width, width) if group == "attention" else \
+            (len(parts), width, *first.shape[1:])
         full = torch.zeros(shape, dtype=first.dtype)
-        for i, r in enumerate(rows):
+        for i, r in enumerate(parts):
             t = r[name]
             if group == "attention":
                 full[i, :, : t.shape[-2], : t.shape[-1]] = t
@@ -140,70 +148,17 @@ def _join(kind: str, rows: list[dict[str, torch.Tensor]], width: int | None, num
     return out
 
 
-def _kind(out) -> str:
-    return "dense" if isinstance(out, torch.Tensor) else "topk" if isinstance(out, TopKLogits) else "text"
-
-
-class _Store:
-    """Rows by sample index: in memory while they fit in ``max_bytes``, then in a temporary file
-    (deleted when the store is) read back with ``os.pread``."""
+class _Shared:
+    """What the wrappers of one source share: the store, and the kind and device of its outputs."""
 
     def __init__(self, max_bytes: int, spill_dir: str | None):
         self.max_bytes, self.spill_dir = max_bytes, spill_dir
-        self.memory: dict[int, tuple[int, dict[str, torch.Tensor]]] = {}
-        self.disk: dict[int, tuple[int, int, list[tuple[str, torch.dtype, tuple, int]]]] = {}
-        self.bytes_in_memory = 0
-        self.bytes_on_disk = 0
-        self.file = None
-        self.kind: str | None = None  # dense, topk or text: how rows join into a batch's outputs
-        self.device: torch.device | None = None  # where the source gives its outputs
-
-    def __len__(self) -> int:
-        return len(self.memory) + len(self.disk)
-
-    def get(self, index: int, key: int) -> dict[str, torch.Tensor] | None:
-        if index in self.memory:
-            stored_key, row = self.memory[index]
-            return row if stored_key == key else None
-        if index in self.disk:
-            stored_key, offset, layout = self.disk[index]
-            return self._read(offset, layout) if stored_key == key else None
-        return None
-
-    def put(self, index: int, key: int, row: dict[str, torch.Tensor]) -> None:
-        size = sum(t.numel() * t.element_size() for t in row.values())
-        if index in self.memory:
-            self.bytes_in_memory -= sum(t.numel() * t.element_size() for t in self.memory.pop(index)[1].values())
-        self.disk.pop(index, None)  # a stale row's bytes stay in the file, unread
-        if self.bytes_in_memory + size <= self.max_bytes:
-            self.memory[index] = (key, row)
-            self.bytes_in_memory += size
-            return
-        if self.file is None:
-            if self.spill_dir:
-                os.makedirs(self.spill_dir, exist_ok=True)
-            self.file = tempfile.TemporaryFile(prefix="kdistill-teacher-memo-", dir=self.spill_dir)
-        offset = self.file.seek(0, os.SEEK_END)
-        layout = []
-        for name, t in row.items():
-            data = t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-            self.file.write(data)
-            layout.append((name, t.dtype, tuple(t.shape), len(data)))
-        self.file.flush()
-        self.bytes_on_disk += size
-        self.disk[index] = (key, offset, layout)
-
-    def _read(self, offset: int, layout) -> dict[str, torch.Tensor]:
-        total = sum(n for *_, n in layout)
-        buf = bytearray(os.pread(self.file.fileno(), total, offset))
-        row, at = {}, 0
-        for name, dtype, shape, n in layout:
-            row[name] = torch.frombuffer(buf, dtype=torch.uint8, count=n, offset=at).view(dtype).reshape(shape)
-            at += n
-        return row
+        self.store: TableStore | RowStore | None = None
+        self.kind: str | None = None
+        self.device: torch.device | None = None
 
 
-_STORES: "weakref.WeakKeyDictionary[TeacherSource, _Store]" = weakref.WeakKeyDictionary()
+_SHARED: "weakref.WeakKeyDictionary[TeacherSource, _Shared]" = weakref.WeakKeyDictionary()
 
 
 class MemoizedTeacher(TeacherSource):
@@ -215,11 +170,14 @@ class MemoizedTeacher(TeacherSource):
                  spill_dir: str | None = None, reason: str = "", reuse: bool = True):
         self.source, self.reason, self.reuse = source, reason, reuse
         self.num_outputs = source.num_outputs
-        self.store = _STORES.setdefault(source, _Store(max_bytes, spill_dir)) if reuse else None
+        self.shared = _SHARED.setdefault(source, _Shared(max_bytes, spill_dir)) if reuse else None
         self.computed = self.served = 0  # samples run through the teacher / read back from the store
         self._fetch = getattr(source, "outputs", source.logits)  # text teachers: logits + layers
         self._inputs = getattr(source, "inputs", lambda batch: batch["inputs"])
-        self._kind: str | None = None
+
+    @property
+    def store(self) -> TableStore | RowStore | None:
+        return self.shared.store if self.shared else None
 
     def logits(self, batch: dict):
         out = self.outputs(batch)
@@ -237,42 +195,33 @@ class MemoizedTeacher(TeacherSource):
         batch[_IN_BATCH] = out
         return out
 
-    def _lengths(self, inputs) -> list[int] | None:
-        """Text: each sample's token count (its rows are stored trimmed to it)."""
-        if isinstance(inputs, dict) and "attention_mask" in inputs:
-            return inputs["attention_mask"].sum(-1).tolist()
-        return None
-
     def _remember(self, batch: dict, out) -> None:
-        inputs = self._inputs(batch)
-        self.store.kind = _kind(out)
-        self.store.device = (out["logits"] if isinstance(out, dict) else
+        shared, inputs = self.shared, self._inputs(batch)
+        if shared.store is None:
+            shared.kind = _kind(out)
+            shared.store = (RowStore if shared.kind == "text" else TableStore)(shared.max_bytes, shared.spill_dir)
+            shared.device = (out["logits"] if isinstance(out, dict) else
                              out.values if isinstance(out, TopKLogits) else out).device
-        index = batch["index"].tolist()
-        for i, key, row in zip(index, fingerprint(inputs).tolist(), _rows(out, self._lengths(inputs))):
-            self.store.put(i, key, row)
-        self.computed += len(index)
+        lengths = inputs["attention_mask"].sum(-1).tolist() if shared.kind == "text" else None
+        shared.store.put(batch["index"], fingerprint(inputs), _parts(shared.kind, out, lengths))
+        self.computed += len(batch["index"])
 
     def _recall(self, batch: dict):
-        if self.store.kind is None:
+        shared = self.shared
+        if shared.store is None:
             return None
         inputs = self._inputs(batch)
-        rows = []
-        for i, key in zip(batch["index"].tolist(), fingerprint(inputs).tolist()):
-            row = self.store.get(i, key)
-            if row is None:
-                return None  # a sample not seen yet (or seen with other inputs): the batch runs live
-            rows.append(row)
-        width = inputs["attention_mask"].shape[1] if self.store.kind == "text" else None
-        self.served += len(rows)
-        return _join(self.store.kind, rows, width, self.num_outputs, self.store.device)
+        parts = shared.store.get(batch["index"], fingerprint(inputs))
+        if parts is None:
+            return None  # a sample not seen yet (or seen with other inputs): the batch runs live
+        self.served += len(batch["index"])
+        width = inputs["attention_mask"].shape[1] if shared.kind == "text" else None
+        return _join(shared.kind, parts, width, self.num_outputs, shared.device)
 
     def describe(self) -> dict:
         inner = self.source.describe()
         if not self.reuse:
             return {**inner, "live_because": self.reason}
-        store = self.store
+        stats = self.store.stats() if self.store else {}
         return {"kind": "memoized", "reason": self.reason, "computed": self.computed, "served": self.served,
-                "rows_in_memory": len(store.memory), "bytes_in_memory": store.bytes_in_memory,
-                "rows_on_disk": len(store.disk), "bytes_on_disk": store.bytes_on_disk,
-                "max_bytes": store.max_bytes, "source": inner}
+                **stats, "source": inner}
