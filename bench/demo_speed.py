@@ -49,6 +49,39 @@ def timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+class EpochClock:
+    """A step logger that notes the process CPU time at each epoch's end: per-epoch CPU seconds,
+    the work an epoch does whatever else the machine runs (wall time on a shared machine is
+    mostly waiting for a core)."""
+
+    def __init__(self):
+        self.marks = [time.process_time()]
+
+    def log_step(self, record: dict) -> None:
+        pass
+
+    def log_eval(self, summary: dict) -> None:
+        self.marks.append(time.process_time())
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def clocked(fn):
+    """``fn()`` with an EpochClock among the engine's loggers; (result, per-epoch CPU seconds)."""
+    from kdistill import engine
+
+    clock, opened = EpochClock(), engine.open_loggers
+    engine.open_loggers = lambda cfg, out_dir: [*opened(cfg, out_dir), clock]
+    try:
+        return fn(), clock.epochs()
+    finally:
+        engine.open_loggers = opened
+
+
 def demo_config(out: Path, epochs: int):
     from kdistill.config import RunConfig
 
@@ -65,32 +98,39 @@ def bench_demo(epochs: int, out: Path) -> dict:
 
     cfg = demo_config(out, epochs)
     data, t_data, _ = timed(lambda: build_data(cfg.data))
-    phases = {"data_s": t_data}
-    scratch, phases["scratch_s"], phases["scratch_cpu_s"] = timed(lambda: runs.train(cfg, role="scratch", data=data))
-    memo, phases["distilled_memo_s"], phases["distilled_memo_cpu_s"] = timed(lambda: runs.distill(cfg, data=data))
+    phases, cpu = {"data_s": t_data}, {}
+    (scratch, cpu["scratch"]), phases["scratch_s"], _ = timed(
+        lambda: clocked(lambda: runs.train(cfg, role="scratch", data=data)))
+    (memo, cpu["distilled_memo"]), phases["distilled_memo_s"], _ = timed(
+        lambda: clocked(lambda: runs.distill(cfg, data=data)))
     live_cfg = cfg.model_copy(deep=True)
     live_cfg.teacher.reuse = "off"
-    live, phases["distilled_live_s"], phases["distilled_live_cpu_s"] = timed(
-        lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live"))
+    (live, cpu["distilled_live"]), phases["distilled_live_s"], _ = timed(
+        lambda: clocked(lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live")))
     rows, phases["evaluate_and_report_s"], _ = timed(lambda: runs.evaluate_run(cfg, data))
     _, phases["report_alone_s"], _ = timed(lambda: write_report(out))
     epochs_s = {name: [h["seconds"] for h in r.history] for name, r in
                 (("scratch", scratch), ("distilled_memo", memo), ("distilled_live", live))}
-    per_scratch = statistics.median(epochs_s["scratch"])
     teacher = json.loads((out / "distilled" / "summary.json").read_text())["teacher"]
     return {
-        "phases": phases, "epoch_seconds": epochs_s,
-        "ratios_to_scratch_epoch": {
-            "memo_first_epoch": epochs_s["distilled_memo"][0] / per_scratch,  # the teacher's one pass
-            "memo_later_epochs": (statistics.median(epochs_s["distilled_memo"][1:]) / per_scratch
-                                  if epochs > 1 else None),
-            "live_epochs": statistics.median(epochs_s["distilled_live"]) / per_scratch},
+        "phases": phases, "epoch_seconds": epochs_s, "epoch_cpu_seconds": cpu,
+        "ratios_to_scratch_epoch": ratios(epochs_s), "cpu_ratios_to_scratch_epoch": ratios(cpu),
         "memoized_teacher": {k: teacher[k] for k in ("computed", "served", "rows_in_memory", "bytes_in_memory",
                                                      "rows_on_disk")},
         "accuracy": {r.name: r.accuracy for r in rows},
         "live_vs_memo_same_weights": all(
             torch.equal(a, b) for a, b in zip(memo.model.state_dict().values(), live.model.state_dict().values())),
     }
+
+
+def ratios(per_epoch: dict[str, list[float]]) -> dict:
+    """Each distilled run's epochs over the scratch student's median epoch; the memoized run's
+    first epoch (the teacher's one pass) apart from its later ones."""
+    scratch, memo = statistics.median(per_epoch["scratch"]), per_epoch["distilled_memo"]
+    return {"memo_first_epoch": memo[0] / scratch,
+            "memo_later_epochs": statistics.median(memo[1:]) / scratch if len(memo) > 1 else None,
+            "memo_all_epochs": sum(memo) / sum(per_epoch["scratch"]),
+            "live_epochs": statistics.median(per_epoch["distilled_live"]) / scratch}
 
 
 def bench_cli(epochs: int, out: Path) -> dict:
@@ -136,20 +176,28 @@ def bench_setup(work: Path) -> dict:
 
 def table(report: dict) -> str:
     d = report["demo"]
-    p, r = d["phases"], d["ratios_to_scratch_epoch"]
-    ep = d["epoch_seconds"]
-    lines = [f"demo pair, {report['config']['epochs']} epochs each, wall seconds (torch threads "
-             f"{report['machine']['torch_threads']})", "",
-             "| part | seconds | per epoch | x scratch epoch |", "|---|---|---|---|",
-             f"| data | {p['data_s']:.1f} | | |",
-             f"| scratch student | {p['scratch_s']:.1f} | {', '.join(f'{s:.1f}' for s in ep['scratch'])} | 1 |",
-             f"| distilled, memoized teacher (default) | {p['distilled_memo_s']:.1f} | "
-             f"{', '.join(f'{s:.1f}' for s in ep['distilled_memo'])} | first {r['memo_first_epoch']:.2f}, later "
-             f"{r['memo_later_epochs'] if r['memo_later_epochs'] is None else round(r['memo_later_epochs'], 2)} |",
-             f"| distilled, live teacher | {p['distilled_live_s']:.1f} | "
-             f"{', '.join(f'{s:.1f}' for s in ep['distilled_live'])} | {r['live_epochs']:.2f} |",
-             f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | |",
-             f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | |"]
+    p, ep, cpu = d["phases"], d["epoch_seconds"], d["epoch_cpu_seconds"]
+
+    def run(name: str) -> str:
+        return (f"{', '.join(f'{s:.1f}' for s in ep[name])} | {', '.join(f'{s:.1f}' for s in cpu[name])}")
+
+    def ratio(r: dict) -> str:
+        later = "-" if r["memo_later_epochs"] is None else f"{r['memo_later_epochs']:.2f}"
+        return f"first {r['memo_first_epoch']:.2f}, later {later}, all {r['memo_all_epochs']:.2f}"
+
+    wall_r, cpu_r = d["ratios_to_scratch_epoch"], d["cpu_ratios_to_scratch_epoch"]
+    lines = [f"demo pair, {report['config']['epochs']} epochs each (torch threads "
+             f"{report['machine']['torch_threads']}); ratios: epochs over the scratch student's median epoch", "",
+             "| part | wall s | wall s per epoch | CPU s per epoch | x scratch epoch (wall; CPU) |",
+             "|---|---|---|---|---|",
+             f"| data | {p['data_s']:.1f} | | | |",
+             f"| scratch student | {p['scratch_s']:.1f} | {run('scratch')} | 1 |",
+             f"| distilled, memoized teacher (default) | {p['distilled_memo_s']:.1f} | {run('distilled_memo')} | "
+             f"{ratio(wall_r)}; {ratio(cpu_r)} |",
+             f"| distilled, live teacher | {p['distilled_live_s']:.1f} | {run('distilled_live')} | "
+             f"{wall_r['live_epochs']:.2f}; {cpu_r['live_epochs']:.2f} |",
+             f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | | |",
+             f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | | |"]
     if "setup" in report:
         lines += ["", "| fresh set-up | seconds |", "|---|---|"]
         lines += [f"| {k.replace('_', ', ')} cache | {v['wall_s']:.0f} |" for k, v in report["setup"].items()]

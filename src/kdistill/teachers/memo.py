@@ -21,6 +21,7 @@ import sys
 import weakref
 from functools import lru_cache
 
+import numpy as np
 import torch
 
 from kdistill.losses.topk import TopKLogits
@@ -75,29 +76,33 @@ def default_source(cfg, source: TeacherSource, *, max_bytes: int = DEFAULT_MAX_B
 
 # ---------------------------------------------------------------- what is stored
 @lru_cache(maxsize=64)
-def _position_weights(width: int) -> torch.Tensor:
-    return ((torch.arange(width, dtype=torch.long) * 40503 + 1) % 65521 + 1).to(torch.int32)
+def _position_weights(width: int) -> np.ndarray:
+    return ((np.arange(width, dtype=np.int64) * 40503 + 1) % 65521 + 1).astype(np.int32)
+
+
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
 def fingerprint(inputs) -> torch.Tensor:
     """(N,) int64: a per-sample hash of the teacher's inputs, exact (integer arithmetic on the
     values' bits, so independent of batch size) and, for token inputs with an attention mask,
-    independent of the padding width."""
+    independent of the padding width. In numpy, single-threaded: on a busy machine every
+    multi-threaded torch op per batch can wait a scheduler slice for its second thread."""
     tensors = inputs if isinstance(inputs, dict) else {"inputs": inputs}
     mask = tensors.get("attention_mask")
+    mask = None if mask is None else mask.detach().cpu().numpy()
     key = None
     for name in sorted(tensors):
-        t = tensors[name].detach().cpu().flatten(1)
-        if t.is_floating_point():
-            t = t.contiguous().view({2: torch.int16, 4: torch.int32, 8: torch.int64}[t.element_size()])
-        if t.element_size() == 8:
-            t = t ^ (t >> 32)  # fold 64-bit values into the 32 bits kept below
-        if mask is not None and t.shape == mask.shape:
-            t = t * mask.cpu()
+        t = tensors[name].detach().cpu().flatten(1).contiguous()
+        a = t.view(_BITS[t.element_size()]).numpy() if t.is_floating_point() else t.numpy()
+        if a.dtype.itemsize == 8:
+            a = a ^ (a >> 32)  # fold 64-bit values into the 32 bits kept below
+        if mask is not None and a.shape == mask.shape:
+            a = a * mask
         # the int32 products wrap (deterministically); the sum accumulates them in int64
-        part = (t.to(torch.int32) * _position_weights(t.shape[1])).sum(1)
+        part = (a.astype(np.int32) * _position_weights(a.shape[1])).sum(1, dtype=np.int64)
         key = part if key is None else key * 1_000_003 + part
-    return key
+    return torch.from_numpy(key)
 
 
 def _kind(out) -> str:
