@@ -38,10 +38,12 @@ def _data(n: int = 96, nan_at: int | None = None):
                                 "test_inputs": x[:8], "test_labels": y[:8]}, num_classes=3)
 
 
-def _cfg(out, **train) -> RunConfig:
+def _cfg(out, live: bool = False, **train) -> RunConfig:
+    """``live``: the teacher runs on every batch (``teacher.reuse: off``; its model is passed in)."""
     return RunConfig.parse({
         "seed": 1, "data": {"dataset": "tensors", "batch_size": 8},
         "student": {"arch": "mlp", "hidden": [8]},
+        **({"teacher": {"model": {"arch": "mlp", "hidden": [12]}, "reuse": "off"}} if live else {}),
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9},
         "train": {"epochs": 2, "progress": False, "output_dir": str(out), **train}})
 
@@ -69,7 +71,7 @@ class SignalsAtCall(LiveTeacher):
 def test_signal_checkpoints_mid_epoch_and_resume_matches(tmp_path, signum):
     data, steps_per_epoch = _data(), 96 // 8
     reference = distill(_cfg(tmp_path / "ref"), teacher=_teacher(), data=data).model.state_dict()
-    cfg = _cfg(tmp_path / "run")
+    cfg = _cfg(tmp_path / "run", live=True)  # the teacher counts batches of the second epoch too
     at = steps_per_epoch + 4  # the 4th step of the second epoch (+1 for the preflight probe)
     with pytest.raises(RunInterrupted) as stopped:
         distill(cfg, teacher=SignalsAtCall(_teacher(), at, signum), data=data)

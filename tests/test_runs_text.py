@@ -35,7 +35,7 @@ def test_teacher_scratch_distill_and_compare(tmp_path):
     with safe_open(str(run / "distilled" / "model.safetensors"), "pt") as f:
         assert not any("projections" in k for k in f.keys())  # trained with the student, not exported
     summary = json.loads((run / "distilled" / "summary.json").read_text())
-    assert summary["teacher"]["kind"] == "live_text" and summary["parameters"] < 37_000
+    assert summary["teacher"]["source"]["kind"] == "live_text" and summary["parameters"] < 37_000
     rows = {r.name: r for r in runs.evaluate_run(cfg)}
     assert set(rows) == {"teacher", "scratch", "distilled"}
     assert rows["teacher"].agreement == 1.0 and rows["distilled"].latency_ms_b1 > 0

@@ -11,7 +11,6 @@ teacher outputs come from), never in a copy of this loop.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import itertools
 import json
@@ -26,7 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from kdistill import distributed
+from kdistill import distributed, precision
 from kdistill.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from kdistill.config import RunConfig
 from kdistill.errors import CheckpointError, RunInterrupted, TrainingError
@@ -138,9 +137,7 @@ class Engine:
 
     # ------------------------------------------------------------------ training
     def _autocast(self):
-        if self.cfg.train.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return precision.autocast(self.cfg.train.precision, self.device)
 
     def train_step(self, group: list[dict], hp: dict[str, float]) -> dict[str, float] | None:
         """One optimizer step over the micro-batches of ``group``; the loss is the sum over every

@@ -38,7 +38,9 @@ class TrainConfig(Strict):
     device: str = "cpu"
     parallel: Literal["ddp", "fsdp"] = Field("ddp", description="under torchrun: replicate the student "
                                              "(ddp) or shard it per transformer block with FSDP2 (fsdp)")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16: autocast the forward passes")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast the forward passes; auto: bf16 where the device runs it "
+                            "natively, else fp32 (kdistill.precision)")
     deterministic: bool = True
     output_dir: Path = Path("runs/run")
     log_every_steps: int = Field(1, gt=0, description="JSONL metrics every N optimizer steps")
@@ -95,9 +97,14 @@ class GenerateConfig(Strict):
 class LiveTeacherConfig(Strict):
     kind: Literal["live"] = "live"
     model: ModelSpec
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "fp32", description="auto: bf16 where the device runs it natively, else fp32 (kdistill.precision)")
     compile: bool = False
     device: Optional[str] = Field(None, description="defaults to the student's device")
+    reuse: Literal["auto", "off"] = Field(
+        "auto", description="auto: a frozen teacher on inputs that never change (no augmentation) runs "
+                            "once per training sample and later epochs reuse its outputs; off: run it "
+                            "on every batch (kdistill.teachers.memo)")
     optim: Optional[OptimConfig] = Field(
         None, description="--role teacher: the teacher's own optimizer (else the run's optim)")
     epochs: Optional[int] = Field(

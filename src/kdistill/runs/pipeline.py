@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from kdistill.checkpoint import atomic_write_text
 from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.models import count_parameters
+from kdistill.precision import precision_record
 from kdistill.runs.recipes import recipe_for
 from kdistill.runs.roles import SUMMARY, role_config, role_dir, role_fingerprint
 from kdistill.validate import require_teacher
@@ -67,6 +69,8 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
         out_dir.mkdir(parents=True, exist_ok=True)
         if ctx.is_main:
             atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+            if hasattr(plan.teacher, "announce"):  # which teacher source, and why
+                print(plan.teacher.announce(), file=sys.stderr, flush=True)
         torch.manual_seed(cfg.seed)
         engine = Engine(cfg, plan.model, plan.task, plan.train_batches, plan.val_batches, teacher=plan.teacher,
                         objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs,
@@ -78,7 +82,8 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
             summary = {"name": cfg.name, "task": cfg.task, "role": role, "method": plan.objective.name,
                        "mode": "distill" if plan.teacher else "train", "parameters": count_parameters(model),
                        "epochs": history, "teacher": plan.teacher.describe() if plan.teacher else None,
-                       "processes": engine.dist.world_size, "fingerprint": role_fingerprint(cfg, role),
+                       "precision": precision_record(cfg), "processes": engine.dist.world_size,
+                       "fingerprint": role_fingerprint(cfg, role),
                        **plan.notes}
             atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
         return RunResult(out_dir, model, history, data)

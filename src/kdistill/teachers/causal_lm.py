@@ -10,10 +10,9 @@ from torch import nn
 
 from kdistill.losses.topk import TopKLogits
 from kdistill.tasks.causal_lm import selected_logits
+from kdistill.precision import DTYPES, resolve_precision
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.live import weights_hash
-
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class CausalLMTeacher(TeacherSource):
@@ -24,9 +23,9 @@ class CausalLMTeacher(TeacherSource):
                  device: str | torch.device = "cpu", output_device: str | torch.device | None = None):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
-        self.model = model.to(self.device, dtype=_DTYPES[precision]).eval().requires_grad_(False)
+        self.precision, self.precision_reason = resolve_precision(precision, self.device)  # "auto" -> a dtype
+        self.model = model.to(self.device, dtype=DTYPES[self.precision]).eval().requires_grad_(False)
         self.num_outputs = vocab_size
-        self.precision = precision
 
     @torch.no_grad()
     def logits(self, batch: dict) -> torch.Tensor:
@@ -35,7 +34,8 @@ class CausalLMTeacher(TeacherSource):
 
     def describe(self) -> dict:
         return {"kind": "causal_lm_live", "weights_sha256": weights_hash(self.model),
-                "precision": self.precision, "vocab_size": self.num_outputs}
+                "precision": self.precision, "precision_reason": self.precision_reason,
+                "vocab_size": self.num_outputs}
 
 
 class TopKCacheTeacher(TeacherSource):

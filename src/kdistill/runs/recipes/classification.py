@@ -24,6 +24,7 @@ from kdistill.runs.roles import trained_teacher_weights
 from kdistill.tasks import ClassificationTask
 from kdistill.taps import WithConnectors, unwrap
 from kdistill.teachers import EnsembleTeacher, LiveTeacher, TeacherSource, cache_teacher, open_cache
+from kdistill.teachers.memo import default_source
 
 WEIGHTS = "model.safetensors"
 
@@ -75,16 +76,16 @@ class ClassificationRecipe(Recipe):
 
     def _source(self, cfg, data, teacher) -> TeacherSource:
         if isinstance(teacher, TeacherSource):
-            return teacher
+            return default_source(cfg, teacher)
         t = cfg.teacher
         if teacher is None and t.kind == "ensemble":
-            return EnsembleTeacher([self._member(cfg, data, m, i) for i, m in enumerate(t.members)], t.weights,
-                                   t.combine, t.temperature)
+            return default_source(cfg, EnsembleTeacher([self._member(cfg, data, m, i) for i, m in enumerate(t.members)],
+                                                       t.weights, t.combine, t.temperature))
         if teacher is None and t.kind == "cache":
             return open_cache(cfg, data)
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
         paths = check_paths(model, cfg.loss.terms, "teacher") if cfg.loss.terms else ()
-        return self._live(cfg, model, data, t, paths)
+        return default_source(cfg, self._live(cfg, model, data, t, paths))
 
     def plan(self, cfg, data, role, ctx, *, teacher=None, student=None) -> Plan:
         if student is None:

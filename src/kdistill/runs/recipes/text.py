@@ -27,6 +27,7 @@ from kdistill.runs.roles import trained_teacher_weights
 from kdistill.taps import WithConnectors, unwrap
 from kdistill.tasks.text import TextClassificationTask
 from kdistill.teachers.base import TeacherSource
+from kdistill.teachers.memo import default_source
 from kdistill.teachers.text import TextTeacher
 
 
@@ -188,6 +189,7 @@ class TextRecipe(Recipe):
                                  attention_layers=objective.teacher_attention, precision=t.precision,
                                  compile=t.compile, device=t.device or cfg.train.device,
                                  output_device=cfg.train.device)
+        source = default_source(cfg, source)  # a frozen teacher on fixed inputs runs once per sample
         connectors = {**({"projections": projections} if len(projections) else {}), **objective.modules()}
         trained = WithConnectors(model, connectors) if connectors else model
         task = TextClassificationTask(data.num_classes, cfg.train.device, hidden=bool(objective.teacher_hidden),

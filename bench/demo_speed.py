@@ -1,0 +1,245 @@
+"""How long `kdistill demo` takes after set-up, where the time goes, and how long set-up takes.
+
+In one run, side by side on the same data in the same process: the demo's scratch student, its
+distilled student with the default teacher source (memoized: the frozen teacher runs once per
+training image) and with the live teacher (``teacher.reuse: off``: the teacher runs on every
+batch), each for the demo's epochs; then the evaluation with the report; then the command itself,
+``kdistill demo``, end to end in a fresh process (what a user waits for once set-up is done).
+Per-epoch seconds give the distilled student's epochs over the scratch student's.
+
+Targets (issue 21): the demo after set-up <= 45 s on 2 cores; the distilled student's epochs
+<= 1.3 x the scratch student's.
+
+``--setup`` also times the fresh-clone set-up that both README commands (``./kd demo``,
+``./kd test``) start with: ``scripts/setup.sh`` in a copy of the working tree with no ``.venv``,
+with pip and with uv, each with an empty package cache (cold) and again with the cache the cold
+run filled (warm). That takes 10-15 minutes and needs the package index.
+
+    python bench/demo_speed.py              # the demo's 6 epochs
+    python bench/demo_speed.py --quick      # 2 epochs, same code path (~1-2 minutes)
+    python bench/demo_speed.py --setup      # plus the four fresh set-ups
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from pathlib import Path
+
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).parent / "results"
+
+
+def timed(fn):
+    """(result, wall seconds, process CPU seconds) of ``fn()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - wall, time.process_time() - cpu
+
+
+class EpochClock:
+    """A step logger that notes the process CPU time at each epoch's end: per-epoch CPU seconds,
+    the work an epoch does whatever else the machine runs (wall time on a shared machine is
+    mostly waiting for a core)."""
+
+    def __init__(self):
+        self.marks = [time.process_time()]
+
+    def log_step(self, record: dict) -> None:
+        pass
+
+    def log_eval(self, summary: dict) -> None:
+        self.marks.append(time.process_time())
+
+    def close(self, failed: bool = False) -> None:
+        pass
+
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks, self.marks[1:])]
+
+
+def clocked(fn):
+    """``fn()`` with an EpochClock among the engine's loggers; (result, per-epoch CPU seconds)."""
+    from kdistill import engine
+
+    clock, opened = EpochClock(), engine.open_loggers
+    engine.open_loggers = lambda cfg, out_dir: [*opened(cfg, out_dir), clock]
+    try:
+        return fn(), clock.epochs()
+    finally:
+        engine.open_loggers = opened
+
+
+def demo_config(out: Path, epochs: int):
+    from kdistill.config import RunConfig
+
+    raw = yaml.safe_load(resources.files("kdistill.presets").joinpath("mnist_demo.yaml").read_text())
+    cfg = RunConfig.parse(raw, source="mnist_demo.yaml")
+    cfg.train.output_dir, cfg.train.epochs, cfg.train.progress = out, epochs, False
+    return cfg
+
+
+def bench_demo(epochs: int, out: Path) -> dict:
+    from kdistill import runs
+    from kdistill.data import build_data
+    from kdistill.report import write_report
+
+    cfg = demo_config(out, epochs)
+    data, t_data, _ = timed(lambda: build_data(cfg.data))
+    phases, cpu = {"data_s": t_data}, {}
+    (scratch, cpu["scratch"]), phases["scratch_s"], _ = timed(
+        lambda: clocked(lambda: runs.train(cfg, role="scratch", data=data)))
+    (memo, cpu["distilled_memo"]), phases["distilled_memo_s"], _ = timed(
+        lambda: clocked(lambda: runs.distill(cfg, data=data)))
+    live_cfg = cfg.model_copy(deep=True)
+    live_cfg.teacher.reuse = "off"
+    (live, cpu["distilled_live"]), phases["distilled_live_s"], _ = timed(
+        lambda: clocked(lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live")))
+    rows, phases["evaluate_and_report_s"], _ = timed(lambda: runs.evaluate_run(cfg, data))
+    _, phases["report_alone_s"], _ = timed(lambda: write_report(out))
+    epochs_s = {name: [h["seconds"] for h in r.history] for name, r in
+                (("scratch", scratch), ("distilled_memo", memo), ("distilled_live", live))}
+    teacher = json.loads((out / "distilled" / "summary.json").read_text())["teacher"]
+    return {
+        "phases": phases, "epoch_seconds": epochs_s, "epoch_cpu_seconds": cpu,
+        "ratios_to_scratch_epoch": ratios(epochs_s), "cpu_ratios_to_scratch_epoch": ratios(cpu),
+        "memoized_teacher": {k: teacher[k] for k in ("computed", "served", "rows_in_memory", "bytes_in_memory",
+                                                     "rows_on_disk")},
+        "accuracy": {r.name: r.accuracy for r in rows},
+        "live_vs_memo_same_weights": all(
+            torch.equal(a, b) for a, b in zip(memo.model.state_dict().values(), live.model.state_dict().values())),
+    }
+
+
+def ratios(per_epoch: dict[str, list[float]]) -> dict:
+    """Each distilled run's epochs over the scratch student's median epoch; the memoized run's
+    first epoch (the teacher's one pass) apart from its later ones."""
+    scratch, memo = statistics.median(per_epoch["scratch"]), per_epoch["distilled_memo"]
+    return {"memo_first_epoch": memo[0] / scratch,
+            "memo_later_epochs": statistics.median(memo[1:]) / scratch if len(memo) > 1 else None,
+            "memo_all_epochs": sum(memo) / sum(per_epoch["scratch"]),
+            "live_epochs": statistics.median(per_epoch["distilled_live"]) / scratch}
+
+
+def bench_cli(epochs: int, out: Path) -> dict:
+    """``kdistill demo`` end to end in a fresh interpreter (imports, data, both students, table)."""
+    cmd = [sys.executable, "-m", "kdistill", "demo", "--output-dir", str(out), "--epochs", str(epochs)]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"kdistill demo failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    return {"command": " ".join(["kdistill", *cmd[3:]]), "wall_s": wall, "table": proc.stdout}
+
+
+def bench_setup(work: Path) -> dict:
+    """scripts/setup.sh in fresh copies of the working tree: pip / uv x cold / warm cache."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.split()
+    results = {}
+    for installer in ("pip", "uv"):
+        cache = work / f"cache-{installer}"
+        for state in ("cold", "warm"):
+            tree = work / f"{installer}-{state}"
+            shutil.rmtree(tree, ignore_errors=True)
+            for f in files:
+                if (ROOT / f).is_file():
+                    (tree / f).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(ROOT / f, tree / f)
+            if state == "cold":
+                shutil.rmtree(cache, ignore_errors=True)
+            env = {**os.environ, "KDISTILL_INSTALLER": installer, "PIP_CACHE_DIR": str(cache),
+                   "UV_CACHE_DIR": str(cache / "uv")}
+            start = time.perf_counter()
+            proc = subprocess.run(["bash", "scripts/setup.sh"], cwd=tree, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            again = time.perf_counter()
+            subprocess.run(["bash", "scripts/setup.sh"], cwd=tree, env=env, capture_output=True, check=True)
+            results[f"{installer}_{state}"] = {"wall_s": wall, "rc": proc.returncode, "steps": proc.stderr.splitlines(),
+                                               "second_run_s": time.perf_counter() - again}
+            print(f"setup {installer} {state}: {wall:.0f} s (rc {proc.returncode})", flush=True)
+            shutil.rmtree(tree / ".venv", ignore_errors=True)
+    return results
+
+
+def table(report: dict) -> str:
+    d = report["demo"]
+    p, ep, cpu = d["phases"], d["epoch_seconds"], d["epoch_cpu_seconds"]
+
+    def run(name: str) -> str:
+        return (f"{', '.join(f'{s:.1f}' for s in ep[name])} | {', '.join(f'{s:.1f}' for s in cpu[name])}")
+
+    def ratio(r: dict) -> str:
+        later = "-" if r["memo_later_epochs"] is None else f"{r['memo_later_epochs']:.2f}"
+        return f"first {r['memo_first_epoch']:.2f}, later {later}, all {r['memo_all_epochs']:.2f}"
+
+    wall_r, cpu_r = d["ratios_to_scratch_epoch"], d["cpu_ratios_to_scratch_epoch"]
+    lines = [f"demo pair, {report['config']['epochs']} epochs each (torch threads "
+             f"{report['machine']['torch_threads']}); ratios: epochs over the scratch student's median epoch", "",
+             "| part | wall s | wall s per epoch | CPU s per epoch | x scratch epoch (wall; CPU) |",
+             "|---|---|---|---|---|",
+             f"| data | {p['data_s']:.1f} | | | |",
+             f"| scratch student | {p['scratch_s']:.1f} | {run('scratch')} | 1 |",
+             f"| distilled, memoized teacher (default) | {p['distilled_memo_s']:.1f} | {run('distilled_memo')} | "
+             f"{ratio(wall_r)}; {ratio(cpu_r)} |",
+             f"| distilled, live teacher | {p['distilled_live_s']:.1f} | {run('distilled_live')} | "
+             f"{wall_r['live_epochs']:.2f}; {cpu_r['live_epochs']:.2f} |",
+             f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | | |",
+             f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | | |"]
+    if "setup" in report:
+        lines += ["", "| fresh set-up | seconds |", "|---|---|"]
+        lines += [f"| {k.replace('_', ', ')} cache | {v['wall_s']:.0f} |" for k, v in report["setup"].items()]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2 epochs instead of the demo's 6, same code path")
+    ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--setup", action="store_true", help="also time four fresh set-ups (10-15 minutes)")
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    epochs = args.epochs or (2 if args.quick else 6)
+    out_file = args.out or RESULTS / ("demo_speed_quick.json" if args.quick else "demo_speed.json")
+    load_start = os.getloadavg()
+    from kdistill.precision import cpu_flags
+
+    with tempfile.TemporaryDirectory() as tmp:
+        demo = bench_demo(epochs, Path(tmp) / "demo")
+        cli = bench_cli(epochs, Path(tmp) / "cli")
+        setup = bench_setup(Path(tmp) / "setup") if args.setup else None
+    report = {
+        "benchmark": "demo_speed", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "config": {"preset": "kdistill/presets/mnist_demo.yaml", "epochs": epochs, "seed": 0, "quick": args.quick,
+                   "targets": {"demo_after_setup_s": 45, "distilled_epoch_over_scratch": 1.3}},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+                    "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "native_bf16": sorted(f for f in cpu_flags() if "bf16" in f),
+                    "loadavg_start": load_start, "loadavg_end": os.getloadavg()},
+        "demo": demo, "cli": cli, **({"setup": setup} if setup else {}),
+    }
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    out_file.write_text(json.dumps(report, indent=2))
+    print(table(report))
+    print(cli["table"])
+    print(f"load average {load_start} -> {os.getloadavg()} on {os.cpu_count()} CPUs; wrote {out_file}")
+
+
+if __name__ == "__main__":
+    main()
