@@ -10,8 +10,10 @@ PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 VENV=.venv
 STAMP=$VENV/.kdistill-setup
-HASH=$( (cat pyproject.toml scripts/setup.sh; echo "server=${KDISTILL_SERVER:-0}") | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ]; then
+HASH=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+# KDISTILL_SERVER=1 also asks for the optional llama.cpp server (below): done once it imports
+server_missing() { [ "${KDISTILL_SERVER:-0}" = 1 ] && ! "$VENV/bin/python" -c "import llama_cpp" 2>/dev/null; }
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$HASH" ] && ! server_missing; then
   exit 0
 fi
 T_ALL=$SECONDS
