@@ -67,12 +67,12 @@ def test_reuse_decision_keeps_the_live_teacher_whenever_outputs_could_change(set
 def test_image_distillation_gives_the_live_teachers_weights_running_it_once(data, tmp_path, capsys):
     teacher = counted_teacher(data)
     memo = runs.distill(image_config(tmp_path), teacher=teacher, data=data, out_dir=tmp_path / "memo")
-    assert "teacher: memoized (a frozen teacher" in capsys.readouterr().err
+    assert "teacher: memoized (a frozen teacher" in capsys.readouterr().out
     assert teacher.samples == 2 + N  # the engine's 2-sample preflight, then one pass
     teacher.samples = 0
     live = runs.distill(image_config(tmp_path, teacher={"reuse": "off"}), teacher=teacher, data=data,
                         out_dir=tmp_path / "live")
-    assert "teacher: live (teacher.reuse is off" in capsys.readouterr().err
+    assert "teacher: live (teacher.reuse is off" in capsys.readouterr().out
     assert teacher.samples == 2 + 3 * N
     want = live.model.state_dict()
     for name, value in memo.model.state_dict().items():
@@ -91,7 +91,7 @@ def test_outputs_that_could_change_keep_the_live_teacher(data, tmp_path, capsys,
         update={"epochs": 2})})
     runs.distill(cfg, teacher=teacher, data=data, out_dir=tmp_path / "run")
     assert teacher.samples == 2 + 2 * N
-    assert f"teacher: live ({why}" in capsys.readouterr().err
+    assert f"teacher: live ({why}" in capsys.readouterr().out
     assert why in json.loads((tmp_path / "run" / "summary.json").read_text())["teacher"]["live_because"]
 
 
@@ -113,7 +113,7 @@ def test_text_distillation_with_layer_terms_gives_the_live_teachers_weights(tmp_
                                attentions=True)
     cfg = RunConfig.parse(raw)
     memo = runs.distill(cfg, teacher=t_model, out_dir=tmp_path / "memo")
-    assert "teacher: memoized" in capsys.readouterr().err
+    assert "teacher: memoized" in capsys.readouterr().out
     raw["teacher"]["reuse"] = "off"
     live = runs.distill(RunConfig.parse(raw), teacher=t_model, out_dir=tmp_path / "live")
     want = live.model.state_dict()

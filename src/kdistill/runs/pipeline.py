@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,7 +69,7 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
         if ctx.is_main:
             atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
             if hasattr(plan.teacher, "announce"):  # which teacher source, and why
-                print(plan.teacher.announce(), file=sys.stderr, flush=True)
+                print(plan.teacher.announce(), flush=True)
         torch.manual_seed(cfg.seed)
         engine = Engine(cfg, plan.model, plan.task, plan.train_batches, plan.val_batches, teacher=plan.teacher,
                         objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs,

@@ -5,7 +5,7 @@ teacher's outputs on a training sample's first pass (keyed by ``batch["index"]``
 again on later epochs: in memory up to ``max_bytes``, then spilled to a temporary file. Whether
 reuse is safe is decided by ``reuse_decision`` alone: augmentation, on-policy data, a teacher that
 is not frozen, or ``teacher.reuse: off`` keep the live teacher, and the run says which and why
-(a line on stderr; ``summary.json``'s ``teacher``).
+(a line in the run's output; ``summary.json``'s ``teacher``).
 
 Outputs (``kdistill.outputs.Outputs``) may hold dense logits (N, C) and tapped features, a ``TopKLogits``, or a text teacher's logits, hidden
 states and attention maps (stored trimmed to each text's length, re-padded to the batch's width
@@ -58,7 +58,7 @@ def _frozen(source: TeacherSource) -> bool:
 def default_source(cfg, source: TeacherSource, *, max_bytes: int = DEFAULT_MAX_BYTES,
                    spill_dir: str | None = None, echo=False) -> TeacherSource:
     """The teacher source a run trains with: ``source`` memoized when ``reuse_decision`` allows,
-    else ``source`` itself (with the reason recorded); the run pipeline says which on stderr once
+    else ``source`` itself (with the reason recorded); the run pipeline prints which once
     the run's plan holds (``echo``: say it here)."""
     from kdistill.teachers.cache import CachedTeacher
 
