@@ -39,3 +39,20 @@ def lm_blocks(n=4, seq_len=12, vocab=50, seed=0):
         prompts.append(torch.randint(3, vocab, (p_len,), generator=g).tolist())
         completions.append(torch.randint(3, vocab, (c_len,), generator=g).tolist())
     return blocks_from_pairs(prompts, completions, seq_len, pad_id=0)
+
+
+def tiny_lm_config(tmp, **sections) -> dict:
+    """A causal-LM run's raw config on tiny random text: a saved tiny Llama teacher (word
+    tokenizer) and a 1-layer Llama student from config; ``sections`` add or replace top-level keys."""
+    from kdistill.models.hf import save_hf
+
+    teacher = save_hf(tiny_llama(vocab=56, seed=3), word_tokenizer(50), tmp / "teacher")
+    text = tmp / "text.txt"
+    g = torch.Generator().manual_seed(0)
+    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
+    return {"task": "causal_lm", "data": {"dataset": "text_files", "path": str(text), "seq_len": 16},
+            "teacher": {"kind": "live", "model": {"arch": "hf_causal_lm", "source": str(teacher)}},
+            "student": {"arch": "hf_causal_lm", "config": {
+                "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}},
+            **sections}

@@ -38,24 +38,13 @@ def demo_run(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def lm_run(tmp_path_factory) -> Path:
     """A causal-LM run over two seeds: tiny local Llamas on random words, a few steps each."""
-    import torch
-    from lm_helpers import tiny_llama, word_tokenizer
+    from lm_helpers import tiny_lm_config
 
-    from kdistill.models.hf import save_hf
     from kdistill.runs import run_seeds
 
     tmp = tmp_path_factory.mktemp("lm")
-    teacher = save_hf(tiny_llama(vocab=56, seed=3), word_tokenizer(50), tmp / "teacher")
-    text = tmp / "text.txt"
-    g = torch.Generator().manual_seed(0)
-    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
-    cfg = RunConfig.parse({
-        "task": "causal_lm", "data": {"dataset": "text_files", "path": str(text), "seq_len": 16},
-        "teacher": {"kind": "live", "model": {"arch": "hf_causal_lm", "source": str(teacher)}},
-        "student": {"arch": "hf_causal_lm", "config": {
-            "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}},
-        "train": {"epochs": 1, "max_steps": 4, "progress": False, "output_dir": str(tmp / "run")}})
+    cfg = RunConfig.parse(tiny_lm_config(tmp, train={"epochs": 1, "max_steps": 4, "progress": False,
+                                                     "output_dir": str(tmp / "run")}))
     run_seeds(cfg, 2)
     return Path(cfg.train.output_dir)
 

@@ -53,22 +53,10 @@ def test_text_run_exports_with_parity(tmp_path, monkeypatch, capsys):
 
 
 def test_lm_run_exports_with_greedy_generation_parity(tmp_path, monkeypatch, capsys):
-    import torch
-    from lm_helpers import tiny_llama, word_tokenizer
+    from lm_helpers import tiny_lm_config
 
-    from kdistill.models.hf import save_hf
-
-    teacher = save_hf(tiny_llama(vocab=56, seed=3), word_tokenizer(50), tmp_path / "teacher")
-    text = tmp_path / "text.txt"
-    g = torch.Generator().manual_seed(0)
-    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
-    cfg = RunConfig.parse({
-        "task": "causal_lm", "data": {"dataset": "text_files", "path": str(text), "seq_len": 16},
-        "teacher": {"kind": "live", "model": {"arch": "hf_causal_lm", "source": str(teacher)}},
-        "student": {"arch": "hf_causal_lm", "config": {
-            "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}},
-        "train": {"epochs": 1, "progress": False, "output_dir": str(tmp_path / "run"), "max_steps": 3}})
+    cfg = RunConfig.parse(tiny_lm_config(tmp_path, train={"epochs": 1, "progress": False, "max_steps": 3,
+                                                          "output_dir": str(tmp_path / "run")}))
     distill(cfg)
     report = _exported(tmp_path / "run", monkeypatch, capsys)
     assert report["parity"]["onnx_fp32"]["passed"] and report["parity"]["onnx_fp32"]["samples"] >= 2

@@ -16,7 +16,7 @@ from kdistill import runs
 from kdistill.config import RunConfig
 from kdistill.models import MLP
 
-from lm_helpers import tiny_llama, word_tokenizer
+from lm_helpers import tiny_lm_config
 
 
 def _tensors(path: Path) -> Path:
@@ -109,19 +109,8 @@ def test_compare_after_train_role_teacher_reuses_the_teacher(tmp_path):
 
 
 def test_a_four_section_lm_config_runs_on_the_lm_defaults(tmp_path, monkeypatch):
-    from kdistill.models.hf import save_hf
-
     monkeypatch.chdir(tmp_path)  # the default output directory, runs/run, lands here
-    teacher = save_hf(tiny_llama(vocab=56, seed=3), word_tokenizer(50), tmp_path / "teacher")
-    text = tmp_path / "text.txt"
-    g = torch.Generator().manual_seed(0)
-    text.write_text(" ".join(f"w{int(i)}" for i in torch.randint(3, 50, (600,), generator=g)))
-    cfg = RunConfig.parse({
-        "task": "causal_lm", "data": {"dataset": "text_files", "path": str(text), "seq_len": 16},
-        "teacher": {"kind": "live", "model": {"arch": "hf_causal_lm", "source": str(teacher)}},
-        "student": {"arch": "hf_causal_lm", "config": {
-            "model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 64}}})
+    cfg = RunConfig.parse(tiny_lm_config(tmp_path))
     assert (cfg.loss.temperature, cfg.loss.soft_weight, cfg.loss.hard_weight) == (1.0, 1.0, 0.0)
     assert cfg.optim.name == "adamw" and cfg.loss.divergence == "forward_kl"
     cfg.train.max_steps = 2
