@@ -115,13 +115,15 @@ if [ "${KDISTILL_SERVER:-0}" = 1 ]; then
   WHEELS=${KDISTILL_WHEEL_CACHE:-$HOME/.cache/kdistill/wheels}
   mkdir -p "$WHEELS"
   if ! ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl >/dev/null 2>&1; then
-    echo "setup: building the llama-cpp-python 0.3.36 wheel into $WHEELS (cmake + gcc, 12+ minutes, once)" >&2
+    begin "llama-cpp-python 0.3.36 wheel into $WHEELS (cmake + gcc, 12+ minutes, once)"
     "$VENV/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps "llama-cpp-python==0.3.36" \
       -w "$WHEELS" 2> >(grep -v "^WARNING: Location" >&2)
+    done_
   fi
-  echo "setup: llama-cpp-python[server] 0.3.36 from $WHEELS" >&2
-  $PIP "$(ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl | head -1)[server]" "torch==2.13.0" \
+  begin "llama-cpp-python[server] 0.3.36 from $WHEELS"
+  install "$(ls "$WHEELS"/llama_cpp_python-0.3.36-*.whl | head -1)[server]" "torch==2.13.0" \
     "pydantic-settings==2.16.3" "sse-starlette==3.7.0" "starlette-context==0.3.6" "diskcache==5.6.3"
+  done_
 fi
 echo "$HASH" > "$STAMP"
 echo "setup: done in $((SECONDS - T_ALL)) s (installer: $INSTALLER)" >&2
