@@ -117,6 +117,9 @@ class CacheTeacherConfig(Strict):
     kind: Literal["cache"] = "cache"
     path: Path = Field(..., description="the cache folder (written by `kdistill cache-teacher`)")
     model: Optional[ModelSpec] = Field(None, description="the teacher that cache-teacher runs")
+    server: Optional["ServerTeacherConfig"] = Field(
+        None, description="causal LMs: cache-teacher captures a served teacher's top-k log-probabilities "
+                          "instead of running teacher.model (format topk, k <= server.top_k)")
     format: Literal["dense", "topk"] = Field("dense", description="topk: k classes + tail mass")
     dtype: Literal["fp32", "bf16", "fp16", "u8"] = Field(
         "fp32", description="how outputs are stored; u8 (causal LMs): log-probs below the top-1 in `step`s")
@@ -134,6 +137,12 @@ class CacheTeacherConfig(Strict):
             raise ValueError("format 'topk' needs k (the number of classes kept per sample)")
         if self.format == "dense" and self.k is not None:
             raise ValueError("k applies to format 'topk' only: remove k or set format: topk")
+        if self.server is not None:
+            if self.model is not None:
+                raise ValueError("give teacher.model (run here) or teacher.server (served), not both")
+            if self.format != "topk" or self.k > self.server.top_k:
+                raise ValueError(f"a served teacher gives top-{self.server.top_k} log-probabilities: set "
+                                 f"format: topk with k <= teacher.server.top_k")
         return self
 
 
@@ -163,6 +172,9 @@ class ServerTeacherConfig(Strict):
             raise ValueError("teacher.base_url holds credentials: put the key in an environment "
                              "variable and name it in teacher.api_key_env")
         return self
+
+
+CacheTeacherConfig.model_rebuild()  # its `server` field names the class above
 
 
 def _teacher_kind(value) -> str:

@@ -94,9 +94,9 @@ def cache_teacher(cfg, data=None):
     if cfg.teacher is None or cfg.teacher.kind != "cache":
         raise ConfigError("this needs `teacher.kind: cache` with teacher.path (where the cache lives) and "
                           "teacher.model (the teacher to run)")
-    if cfg.teacher.model is None:
+    if cfg.teacher.model is None and getattr(cfg.teacher, "server", None) is None:
         raise ConfigError("teacher.model is not set: cache-teacher needs the teacher to run (teacher.path "
-                          "only says where its outputs go)")
+                          "only says where its outputs go; a causal LM's may be teacher.server)")
     recipe = recipe_for(cfg)
     with preserved_global_state():
         data = data if data is not None else recipe.build_data(cfg)

@@ -157,7 +157,7 @@ def capture(teacher: TeacherSource, blocks, path: str | Path, *, encoding: Encod
         parts: dict[str, list] = {"counts": [], "log_tail": [], "ids": [], "values": []}
         for batch in LMBatches(blocks.subset(slice(b0, b1)), batch_size):
             batch["index"] = batch["index"] + b0  # the blocks' own indices, as training batches carry
-            for name, arr in encode(teacher.logits(batch).detach(), encoding).items():
+            for name, arr in encode(teacher.logits(batch), encoding).items():
                 parts[name].append(arr)
         arrays = {name: np.concatenate(a) if a else np.zeros(0, dtypes[name]) for name, a in parts.items()}
         if len(arrays["counts"]) != int(offsets[b1] - offsets[b0]):

@@ -54,24 +54,37 @@ class Encoding:
                 "counts": np.dtype(np.uint8 if self.k <= 255 else np.uint16)}
 
 
-def encode(logits: torch.Tensor, enc: Encoding) -> dict[str, np.ndarray]:
-    """One batch of teacher logits (N, V) -> per-token counts and log_tail, flat ids and values."""
-    log_p = torch.log_softmax(logits.float(), -1)
-    top = log_p.topk(min(enc.k, log_p.shape[-1]), -1)  # sorted, most likely first
-    keep = torch.ones_like(top.values, dtype=torch.bool)
+def _top(logits, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top log-probs sorted most likely first, their ids, log of the mass beyond them) from
+    dense logits (N, V) or from a teacher that already gives its top entries (``TopKLogits``:
+    a served teacher), whose entries past ``k`` join its tail."""
+    if isinstance(logits, TopKLogits):
+        order = logits.values.float().argsort(-1, descending=True)
+        values, ids = logits.values.float().gather(-1, order), logits.indices.gather(-1, order)
+        rest = torch.cat([logits.log_tail.float()[:, None], values[:, k:]], -1).logsumexp(-1)
+        return values[:, :k], ids[:, :k], rest
+    log_p = torch.log_softmax(logits.detach().float(), -1)
+    top = log_p.topk(min(k, log_p.shape[-1]), -1)  # sorted, most likely first
+    return top.values, top.indices, log_p.scatter_(-1, top.indices, -math.inf).logsumexp(-1)
+
+
+def encode(logits, enc: Encoding) -> dict[str, np.ndarray]:
+    """One batch of teacher outputs (dense logits (N, V), or TopKLogits) -> per-token counts and
+    log_tail, flat ids and values."""
+    top_values, top_ids, rest = _top(logits, enc.k)
+    keep = torch.ones_like(top_values, dtype=torch.bool)
     if enc.mass < 1:  # an entry is kept while the mass before it is short of the threshold
-        p = top.values.exp()
+        p = top_values.exp()
         keep &= (p.cumsum(-1) - p) < enc.mass
-    rel = top.values[:, :1] - top.values
+    rel = top_values[:, :1] - top_values
     if enc.values == "u8":
         q = torch.round(rel / enc.step)
         keep &= q <= 255
-    rest = log_p.scatter_(-1, top.indices, -math.inf).logsumexp(-1)  # mass beyond the top-k
-    log_tail = torch.cat([rest[:, None], top.values.masked_fill(keep, -math.inf)], -1).logsumexp(-1)
-    values = q[keep] if enc.values == "u8" else top.values[keep]
+    log_tail = torch.cat([rest[:, None], top_values.masked_fill(keep, -math.inf)], -1).logsumexp(-1)
+    values = q[keep] if enc.values == "u8" else top_values[keep]
     if enc.values == "fp16":
         values = values.clamp(min=torch.finfo(torch.float16).min)
-    out = {"counts": keep.sum(-1), "log_tail": log_tail, "ids": top.indices[keep], "values": values}
+    out = {"counts": keep.sum(-1), "log_tail": log_tail, "ids": top_ids[keep], "values": values}
     return {name: t.cpu().numpy() for name, t in out.items()}
 
 

@@ -72,10 +72,11 @@ def _teacher_spec(cfg):
     return model if model is not None and model.arch == "hf_causal_lm" else None
 
 
-def server_tokenizer(cfg):
-    """The tokenizer a server teacher's student reads (teacher.tokenizer, else the student's
-    source), or None when neither is given."""
-    name = cfg.teacher.tokenizer or cfg.student.source
+def server_tokenizer(cfg, served=None):
+    """The tokenizer a server teacher's student reads (the server section's tokenizer, else the
+    student's source), or None when neither is given. ``served``: the server section (default
+    the teacher section)."""
+    name = (served or cfg.teacher).tokenizer or cfg.student.source
     return None if name is None else load_tokenizer(cfg.student.model_copy(update={"source": name,
                                                                                "config": None}))
 
@@ -86,8 +87,10 @@ class CausalLMRecipe(Recipe):
         spec = _teacher_spec(cfg)
         if spec is not None and spec.source is not None:
             return load_tokenizer(spec)
-        if getattr(cfg.teacher, "kind", None) == "server" and server_tokenizer(cfg) is not None:
-            return server_tokenizer(cfg)
+        served = cfg.teacher if getattr(cfg.teacher, "kind", None) == "server" else \
+            getattr(cfg.teacher, "server", None)  # a server, or the server a cache was captured from
+        if served is not None and server_tokenizer(cfg, served) is not None:
+            return server_tokenizer(cfg, served)
         if cfg.student.source is not None:
             return load_tokenizer(cfg.student)
         named = {n for n in (getattr(spec, "tokenizer", None), cfg.student.tokenizer) if n is not None}
@@ -136,7 +139,13 @@ class CausalLMRecipe(Recipe):
 
     def cache_teacher(self, cfg, data):
         """Scored over the tokenizer's vocabulary (the output layer's padding rows dropped), so
-        every student reading the same tokenizer fits the cache."""
+        every student reading the same tokenizer fits the cache; a served teacher (teacher.server)
+        gives its top-k log-probabilities, after the tokenizer check."""
+        if cfg.teacher.server is not None:
+            from kdistill.teachers.server import ServerTeacher
+
+            vocab = len(data.tokenizer.get_vocab())
+            return cache_lm_teacher(cfg, data, ServerTeacher(cfg.teacher.server, data.tokenizer, vocab))
         model = self.teacher_model(cfg, data)
         rows = output_rows(model)
         check_vocabularies(data.tokenizer, None, rows, rows)  # the tokenizer fits the model

@@ -72,6 +72,9 @@ class ClassificationRecipe(Recipe):
         return self._live(cfg, self._model(spec, data), data, member)
 
     def cache_teacher(self, cfg, data):
+        if cfg.teacher.server is not None:
+            raise ConfigError("teacher.server (a served teacher) caches causal-LM top-k log-probabilities: a "
+                              "classifier's cache runs teacher.model")
         return cache_teacher(cfg, data, self.teacher_model(cfg, data))
 
     def _source(self, cfg, data, teacher) -> TeacherSource:
