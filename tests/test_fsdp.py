@@ -1,6 +1,6 @@
 """FSDP2 (train.parallel: fsdp) on CPU with gloo: 2 processes x b give the update of 1 x 2b
-through the fused chunked LM loss on the sharded output layer, a sharded checkpoint resumes, and
-the saved student is a plain Hugging Face model."""
+through the fused chunked LM loss on the sharded output layer, with the teacher sharded beside
+the student; a sharded checkpoint resumes, and the saved student is a plain Hugging Face model."""
 
 import json
 import subprocess
@@ -88,6 +88,8 @@ def test_two_sharded_processes_match_one_process_and_resume_from_sharded_checkpo
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "sharded" / "distilled" / "model")  # no torch.distributed
     assert not torch.equal(plain.lm_head.weight, tiny_llama(vocab=50, seed=0).lm_head.weight)
     assert (tmp_path / "sharded" / "distilled" / "checkpoint.dcp" / ".metadata").is_file()
+    summary = json.loads((tmp_path / "sharded" / "distilled" / "summary.json").read_text())
+    assert summary["teacher"]["sharded"] is True  # the teacher sharded beside the student
     evals = [json.loads(x)["eval"] for x in (tmp_path / "sharded" / "distilled" / "metrics.jsonl").read_text().splitlines()
              if x.startswith('{"eval"')]
     ref_evals = [json.loads(x)["eval"] for x in (tmp_path / "one" / "distilled" / "metrics.jsonl").read_text().splitlines()

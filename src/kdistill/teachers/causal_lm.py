@@ -15,27 +15,52 @@ from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.live import weights_hash
 
 
+class SelectedLogits(nn.Module):
+    """A causal LM's logits at the target positions as one forward call, so that under FSDP2 the
+    root's parameters (embeddings, final norm, output layer) are gathered for exactly that call."""
+
+    def __init__(self, lm: nn.Module, vocab_size: int):
+        super().__init__()
+        self.lm, self.vocab_size = lm, vocab_size
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+        return selected_logits(self.lm, batch, input_ids.device, self.vocab_size)
+
+
 class CausalLMTeacher(TeacherSource):
     """A live causal LM: eval mode, no gradients, optionally bf16/fp16; returns fp32 logits (N, V)
-    for the batch's target positions only, sliced to the aligned vocabulary."""
+    for the batch's target positions only, sliced to the aligned vocabulary. ``shard``: under
+    torchrun, FSDP2 shards it across the ranks (its decoder blocks, then the rest), for teachers
+    too big to replicate beside the student; every rank must then ask for every batch."""
 
     def __init__(self, model: nn.Module, vocab_size: int, *, precision: str = "fp32",
-                 device: str | torch.device = "cpu", output_device: str | torch.device | None = None):
+                 device: str | torch.device = "cpu", output_device: str | torch.device | None = None,
+                 shard: bool = False):
         self.device = torch.device(device)
         self.output_device = torch.device(output_device) if output_device else self.device
         self.precision, self.precision_reason = resolve_precision(precision, self.device)  # "auto" -> a dtype
         self.model = model.to(self.device, dtype=DTYPES[self.precision]).eval().requires_grad_(False)
         self.num_outputs = vocab_size
+        self.weights_sha256 = weights_hash(self.model)  # before sharding: the whole teacher's identity
+        self.sharded = None
+        if shard:
+            from kdistill import distributed
+
+            self.sharded = distributed.shard(SelectedLogits(self.model, vocab_size), self.device)
 
     @torch.no_grad()
     def logits(self, batch: dict) -> torch.Tensor:
-        out = selected_logits(self.model, batch, self.device, self.num_outputs)
+        if self.sharded is not None:
+            out = self.sharded(*(batch[k].to(self.device) for k in ("input_ids", "attention_mask", "labels")))
+        else:
+            out = selected_logits(self.model, batch, self.device, self.num_outputs)
         return out.to(self.output_device, dtype=torch.float32)
 
     def describe(self) -> dict:
-        return {"kind": "causal_lm_live", "weights_sha256": weights_hash(self.model),
+        return {"kind": "causal_lm_live", "weights_sha256": self.weights_sha256,
                 "precision": self.precision, "precision_reason": self.precision_reason,
-                "vocab_size": self.num_outputs}
+                "vocab_size": self.num_outputs, "sharded": self.sharded is not None}
 
 
 class TopKCacheTeacher(TeacherSource):

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kdistill import distributed
 from kdistill.data.lm_text import LMBatches, LMSplits, build_lm_data
 from kdistill.errors import ConfigError, ExportError
 from kdistill.evaluate import LMReport, model_bytes
@@ -132,10 +133,11 @@ class CausalLMRecipe(Recipe):
                               "first with `kdistill train CONFIG --role teacher`, or set teacher.model.weights")
         return self._build(spec, cfg, data.tokenizer)
 
-    def _live(self, cfg, model: nn.Module, vocab: int) -> CausalLMTeacher:
+    def _live(self, cfg, model: nn.Module, vocab: int, shard: bool = False) -> CausalLMTeacher:
         t = cfg.teacher  # None when the teacher module is given from Python
         return CausalLMTeacher(model, vocab, precision=getattr(t, "precision", "fp32"),
-                               device=getattr(t, "device", None) or cfg.train.device, output_device=cfg.train.device)
+                               device=getattr(t, "device", None) or cfg.train.device, output_device=cfg.train.device,
+                               shard=shard)
 
     def cache_teacher(self, cfg, data):
         """Scored over the tokenizer's vocabulary (the output layer's padding rows dropped), so
@@ -185,7 +187,9 @@ class CausalLMRecipe(Recipe):
             return cache, cache.num_outputs
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
         alignment = check_vocabularies(data.tokenizer, student_tok, output_rows(model), output_rows(student))
-        return self._live(cfg, model, alignment.size), alignment.size
+        # train.parallel: fsdp shards the teacher beside the student (every rank runs each batch)
+        shard = cfg.train.parallel == "fsdp" and distributed.current().world_size > 1
+        return self._live(cfg, model, alignment.size, shard=shard), alignment.size
 
     def _server(self, cfg, data, student) -> tuple[TeacherSource | None, int]:
         """No source when the loss never reads the teacher (sequence-level: the student trains on
