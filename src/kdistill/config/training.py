@@ -163,6 +163,9 @@ class ServerTeacherConfig(Strict):
     top_k: int = Field(20, gt=0, description="log-probabilities kept per token for token-level distillation")
     tokenizer: Optional[str] = Field(None, description="the tokenizer the student reads (hub id, folder or "
                                      "smollm2-135m-instruct); default: the student's source")
+    cache: Optional[Path] = Field(
+        None, description="causal LMs: `kdistill cache-teacher` writes the server's top-k log-probabilities "
+                          "here (top_k per token, fp16) and training reads them from there, not the server")
     extra_body: dict = Field(default_factory=dict, description="fields added to every request (e.g. "
                              "llama.cpp's {top_k: 0, min_p: 0} for plain sampling)")
 
@@ -175,6 +178,11 @@ class ServerTeacherConfig(Strict):
 
 
 CacheTeacherConfig.model_rebuild()  # its `server` field names the class above
+
+
+def served_cache(server: ServerTeacherConfig) -> CacheTeacherConfig:
+    """The LM teacher cache a server section's ``cache`` names: its top-k in fp16."""
+    return CacheTeacherConfig(path=server.cache, format="topk", k=server.top_k, dtype="fp16", server=server)
 
 
 def _teacher_kind(value) -> str:

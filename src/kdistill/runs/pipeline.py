@@ -16,6 +16,7 @@ from torch import nn
 
 from kdistill import distributed
 from kdistill.checkpoint import atomic_write_text
+from kdistill.config.training import served_cache
 from kdistill.engine import Engine
 from kdistill.errors import ConfigError
 from kdistill.models import count_parameters
@@ -91,9 +92,11 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
 def cache_teacher(cfg, data=None):
     """``kdistill cache-teacher``: run the config's teacher once over the training split into
     the cache that ``teacher.path`` names (``teacher.kind: cache``); the recipe says how."""
+    if getattr(cfg.teacher, "kind", None) == "server" and cfg.teacher.cache is not None:
+        cfg = cfg.model_copy(update={"teacher": served_cache(cfg.teacher)})  # the server's top-k, cached
     if cfg.teacher is None or cfg.teacher.kind != "cache":
         raise ConfigError("this needs `teacher.kind: cache` with teacher.path (where the cache lives) and "
-                          "teacher.model (the teacher to run)")
+                          "teacher.model (the teacher to run), or `teacher.kind: server` with teacher.cache")
     if cfg.teacher.model is None and getattr(cfg.teacher, "server", None) is None:
         raise ConfigError("teacher.model is not set: cache-teacher needs the teacher to run (teacher.path "
                           "only says where its outputs go; a causal LM's may be teacher.server)")

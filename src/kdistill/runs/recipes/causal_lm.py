@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from kdistill import distributed
+from kdistill.config.training import served_cache
 from kdistill.data.lm_text import LMBatches, LMSplits, build_lm_data
 from kdistill.errors import ConfigError, ExportError
 from kdistill.evaluate import LMReport, model_bytes
@@ -200,6 +201,11 @@ class CausalLMRecipe(Recipe):
         vocab = min(output_rows(student), len(data.tokenizer))
         if not ever_nonzero(cfg.loss.soft_weight):
             return None, vocab
+        if cfg.teacher.cache is not None:  # captured by `kdistill cache-teacher`: read, no requests
+            cached = cfg.model_copy(update={"teacher": served_cache(cfg.teacher)})
+            student_tok = load_tokenizer(cfg.student) if cfg.student.source is not None else None
+            cache = open_lm_cache(cached, data, output_rows(student), student_tok)
+            return cache, cache.num_outputs
         return ServerTeacher(cfg.teacher, data.tokenizer, vocab), vocab
 
     def _on_policy(self, cfg, train, student, source, tokenizer):
