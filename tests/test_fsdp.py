@@ -106,3 +106,36 @@ def test_two_sharded_processes_match_one_process_and_resume_from_sharded_checkpo
     resumed = _weights(tmp_path, "cut")
     for name, w in parallel.items():
         torch.testing.assert_close(resumed[name], w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow  # ~1-2 min here: two runs of two processes and a resume
+def test_sharded_run_killed_mid_training_resumes_to_the_uninterrupted_weights(tmp_path):
+    """SIGKILL to the whole torchrun group after a mid-run sharded checkpoint; --resume then ends
+    with the weights of the same run left alone."""
+    import os
+    import signal
+    import time
+
+    whole = _config(tmp_path, "whole", batch_size=4, parallel="fsdp", epochs=12, checkpoint_every_steps=3)
+    _two(whole)
+    killed = _config(tmp_path, "killed", batch_size=4, parallel="fsdp", epochs=12, checkpoint_every_steps=3)
+    driver = killed.parent / "driver.py"
+    driver.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(driver), str(killed)], env=cli_env(1), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    log, ckpt = tmp_path / "killed" / "distilled" / "metrics.jsonl", tmp_path / "killed" / "distilled" / "checkpoint.dcp"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        steps = log.read_text().count('"step"') if log.is_file() else 0
+        if steps >= 8 and (ckpt / ".metadata").is_file():
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed: give it more steps"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert not (tmp_path / "killed" / "distilled" / "model").exists()  # it died before the end
+    _two(killed, "--resume")
+    resumed, reference = _weights(tmp_path, "killed"), _weights(tmp_path, "whole")
+    for name, w in reference.items():
+        torch.testing.assert_close(resumed[name], w, rtol=1e-5, atol=1e-6)
