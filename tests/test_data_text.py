@@ -96,26 +96,6 @@ def test_batches_are_deterministic_per_seed_and_epoch_and_cover_the_split(tmp_pa
     assert sorted(sum(epoch0, [])) == list(range(len(data.train))) and len(epoch0) == len(batches)
 
 
-def test_rank_shards_split_each_global_batch(tmp_path):
-    """2 ranks x batch 4 see, step by step, the texts of 1 process x batch 8 (the last,
-    smaller batch padded by wrapping so both ranks take as many steps)."""
-    data = _encoded(tmp_path)
-    one = TextBatches(data.train, 8, shuffle=True, seed=5, pool_batches=3)
-    ranks = [TextBatches(data.train, 4, shuffle=True, seed=5, pool_batches=3, rank=r, world_size=2)
-             for r in (0, 1)]
-    for epoch in (0, 2):
-        for b in (one, *ranks):
-            b.set_epoch(epoch)
-        assert len(ranks[0]) == len(ranks[1]) == len(one)
-        for whole, r0, r1 in zip(one, *ranks, strict=True):
-            together = torch.cat([r0["index"], r1["index"]]).tolist()
-            assert set(together) == set(whole["index"].tolist())
-            if len(whole["index"]) == 8:
-                assert sorted(together) == sorted(whole["index"].tolist())
-        seen = {i for r in ranks for b in r for i in b["index"].tolist()}
-        assert seen == set(range(len(data.train)))
-
-
 def test_dynamic_padding_and_grouping_by_length(tmp_path):
     data = _encoded(tmp_path)
     lengths = torch.tensor([len(s) for s in data.train.ids])

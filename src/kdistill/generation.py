@@ -155,33 +155,22 @@ def generate_answers(model: nn.Module, tokenizer, prompts: list[str], output: Pa
                      max_new_tokens: int = 128, do_sample: bool = False, temperature: float = 1.0,
                      top_p: float = 1.0, batch_size: int = 8, chat_template: bool = True, seed: int = 0,
                      source: str = "", progress: bool = True) -> int:
-    """Append the model's answer to each prompt to ``output`` (JSONL: id, prompt as the model saw
-    it, raw_prompt, completion), batch by batch, flushed and fsynced; prompts already answered in
-    ``output`` are skipped, so an interrupted run resumes. Batch b's sampling is seeded by
-    (seed, b) and batches are fixed by prompt position, so a resumed run writes what an
-    uninterrupted one would. Returns how many were new."""
-    from tqdm.auto import tqdm
+    """Append the model's answer to each prompt to ``output`` (JSONL: id, sample, prompt as the
+    model saw it, raw_prompt, completion) through ``append_answers``, the resumable writer every
+    teacher shares. Batch b's sampling is seeded by (seed, b) and batches are fixed by prompt
+    position, so a resumed run writes what an uninterrupted one would. Returns how many were new."""
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    done = _done_ids(output)
-    written = 0
-    with left_padding(tokenizer), open(output, "a", encoding="utf-8") as fh:
-        for ids in tqdm(prompt_batches(len(prompts), batch_size, done), desc="generate", disable=not progress,
-                        leave=False):
-            texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
-            answers = sample_completions(model, tokenizer, texts, do_sample=do_sample, temperature=temperature,
-                                         top_p=top_p, max_new_tokens=max_new_tokens, seed=batch_seed(seed, ids))
-            for i, text, ((completion, _),) in zip(ids, texts, answers):
-                if i in done:
-                    continue
-                fh.write(json.dumps({"id": i, "prompt": text, "raw_prompt": prompts[i],
-                                     "completion": completion, "teacher": source,
-                                     "do_sample": do_sample}) + "\n")
-                written += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-    return written
+    def answer(batch: list[Job], start: int) -> Iterator[dict]:
+        ids = [i for i, _ in batch]
+        texts = [format_prompt(tokenizer, prompts[i], chat_template) for i in ids]
+        answers = sample_completions(model, tokenizer, texts, do_sample=do_sample, temperature=temperature,
+                                     top_p=top_p, max_new_tokens=max_new_tokens, seed=batch_seed(seed, ids))
+        for (i, j), text, ((completion, _),) in zip(batch, texts, answers):
+            yield {"id": i, "sample": j, "prompt": text, "raw_prompt": prompts[i], "completion": completion,
+                   "teacher": source, "do_sample": do_sample}
+
+    with left_padding(tokenizer):
+        return append_answers(output, generation_jobs(prompts), answer, batch_size=batch_size, progress=progress)
 
 
 KEEP = ("all", "first_correct", "all_correct", "shortest_correct")
