@@ -106,3 +106,38 @@ def test_unlabeled_samples_add_soft_targets_but_no_hard_term():
     torch.testing.assert_close(terms["hard"], expected_hard)
     torch.testing.assert_close(terms["soft"], soft_target_kl(s, t, 2.0, "sum"))
     torch.testing.assert_close(total, 0.7 * terms["soft"] + 0.3 * expected_hard)
+
+
+@pytest.mark.parametrize("T, w_soft, w_hard", [(1.0, 0.7, 0.3), (4.0, 0.7, 0.3), (20.0, 1.0, 0.0), (2.0, 0.2, 1.0)])
+def test_summed_objective_is_one_fused_node_with_the_composed_value_and_gradient(T, w_soft, w_hard):
+    """reduction="sum" with dense teacher logits (the classification task's call) goes through
+    the fused node: the same value and gradient as the composed terms, gradcheck in float64,
+    unlabelled samples adding no hard gradient, and the teacher's entropy at T as a term."""
+    g = torch.Generator().manual_seed(3)
+    s = (torch.randn(7, 6, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randn(7, 6, generator=g, dtype=torch.float64) * 5
+    y = torch.tensor([0, 5, UNLABELED, 2, 1, UNLABELED, 4])
+    loss, terms = kd_objective(s, t, y, temperature=T, soft_weight=w_soft, hard_weight=w_hard, reduction="sum")
+    assert loss.grad_fn.name() == "_SummedKDBackward"
+    want = w_soft * soft_target_kl(s, t, T, "sum") + (w_hard * hard_cross_entropy(s, y, "sum") if w_hard else 0)
+    torch.testing.assert_close(loss, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.autograd.grad(loss, s)[0], torch.autograd.grad(want, s)[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(terms["soft"], soft_target_kl(s, t, T, "sum"))
+    assert ("hard" in terms) == bool(w_hard)
+    p = torch.softmax(t / T, -1)
+    torch.testing.assert_close(terms["teacher_entropy"], -(p * p.log()).sum())
+    assert not any(v.requires_grad for v in terms.values())
+    fused = lambda x: kd_objective(x, t, y, temperature=T, soft_weight=w_soft, hard_weight=w_hard, reduction="sum")[0]
+    assert torch.autograd.gradcheck(fused, (s,))
+
+
+def test_summed_objective_refuses_what_the_composed_one_refuses():
+    with pytest.raises(ValueError, match="same classes"):
+        kd_objective(torch.randn(2, 4), torch.randn(2, 3), None, temperature=2, soft_weight=1, hard_weight=0,
+                     reduction="sum")
+    with pytest.raises(ValueError, match="temperature"):
+        kd_objective(torch.randn(2, 3), torch.randn(2, 3), None, temperature=0, soft_weight=1, hard_weight=0,
+                     reduction="sum")
+    with pytest.raises(ValueError, match="no labels"):
+        kd_objective(torch.randn(2, 3), torch.randn(2, 3), None, temperature=2, soft_weight=1, hard_weight=1,
+                     reduction="sum")

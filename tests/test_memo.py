@@ -15,7 +15,7 @@ from kdistill.losses import TopKLogits
 from kdistill.models import build_model
 from kdistill.models.text import build_text_model, load_tokenizer
 from kdistill.teachers import LiveTeacher, TeacherSource
-from kdistill.teachers.memo import MemoizedTeacher, default_source, fingerprint, reuse_decision
+from kdistill.teachers.memo import MemoizedTeacher, default_source, reuse_decision
 from kdistill.teachers.text import TextTeacher
 
 N = 192  # training images
@@ -200,15 +200,22 @@ def test_a_sample_whose_inputs_changed_is_recomputed(data):
     assert memo.computed == 16
 
 
-def test_fingerprints_ignore_batch_size_and_padding_width():
-    x = torch.rand(6, 1, 4, 4)
-    assert torch.equal(fingerprint(x)[2:4], fingerprint(x[2:4]))
-    assert fingerprint(x)[0] != fingerprint(x.roll(1, -1))[0]
-    ids = torch.tensor([[2, 7, 9, 3, 0, 0]])
-    mask = (ids != 0).long()
-    wide = {"input_ids": ids, "attention_mask": mask}
-    narrow = {"input_ids": ids[:, :4], "attention_mask": mask[:, :4]}
-    assert torch.equal(fingerprint(wide), fingerprint(narrow))
+def test_batches_hand_over_their_splits_fingerprints_and_the_memo_hashes_nothing(data, monkeypatch):
+    import kdistill.teachers.memo as memo_module
+
+    model = counted_teacher(data)
+    memo = MemoizedTeacher(LiveTeacher(model, num_outputs=10))
+    batches = Batches(data.train, 32, shuffle=True, fingerprints=True)
+    monkeypatch.setattr(memo_module, "fingerprint", lambda inputs: pytest.fail("hashed a batch"))
+    for epoch in range(2):
+        batches.set_epoch(epoch)
+        for batch in batches:
+            memo.logits(batch)
+    assert (memo.computed, memo.served) == (N, N)
+    changed = next(iter(batches))  # a batch whose given fingerprints are not the stored ones
+    changed["input_fingerprint"] = changed["input_fingerprint"] + 1
+    memo.logits(changed)
+    assert memo.computed == N + 32
 
 
 def test_runs_given_the_same_teacher_share_its_outputs(data):

@@ -160,9 +160,9 @@ class Engine:
                 # = (loss * world / total).backward() with one node fewer; DDP averages gradients
                 # over ranks, so scaling by the world size leaves sum / global count
                 loss.backward(torch.full_like(loss, self.dist.world_size / total))
-            if teacher is not None and isinstance(teacher.logits, torch.Tensor):  # how soft the targets
-                # are (dense logits only; estimated on 2**20 logits at most: a diagnostic must not
-                # add a pass over every token)
+            if teacher is not None and isinstance(teacher.logits, torch.Tensor) and "teacher_entropy" not in terms:
+                # how soft the targets are (dense logits only, where the loss did not give it;
+                # estimated on 2**20 logits at most: a diagnostic must not add a pass over every token)
                 terms = {**terms, "teacher_entropy": entropy_sum(teacher.logits, hp.get("temperature", 1.0),
                                                                  max_elements=2**20)}
             loss_value = float(loss.detach())  # one read serves the finiteness check and the log

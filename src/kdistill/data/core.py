@@ -9,6 +9,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
+from kdistill.data.fingerprint import split_fingerprints
 from kdistill.data.order import EpochBatches
 from kdistill.errors import DataError
 
@@ -34,6 +35,14 @@ class Split:
 
     def subset(self, n: int) -> "Split":
         return Split(self.inputs[:n], self.labels[:n], self.name)
+
+    def fingerprints(self) -> torch.Tensor:
+        """(N,) ``kdistill.data.fingerprint`` of every sample's inputs, computed on first use
+        (and again if ``inputs`` was replaced)."""
+        cached = self.__dict__.get("_fingerprints")
+        if cached is None or cached[0] is not self.inputs:
+            cached = self.__dict__["_fingerprints"] = (self.inputs, split_fingerprints(self.inputs))
+        return cached[1]
 
 
 @dataclass
@@ -96,6 +105,9 @@ class Batches(EpochBatches):
 
     The order of epoch ``e`` depends only on (seed, e), so a resumed run sees exactly the batches
     an uninterrupted run would. Jitter augmentation draws from its own per-epoch generator.
+    With ``fingerprints`` (and no augmentation) batches carry ``input_fingerprint``, the split's
+    per-sample fingerprints computed once, so a memoized teacher checks its stored outputs without
+    hashing every batch of every epoch.
 
     With ``world_size`` > 1 each rank takes its share of that order (kdistill.data.order), so N
     processes x batch b train on the same samples per step as 1 process x batch N*b.
@@ -114,10 +126,12 @@ class Batches(EpochBatches):
         drop_last: bool = False,
         rank: int = 0,
         world_size: int = 1,
+        fingerprints: bool = False,
     ):
         super().__init__(len(split), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                          rank=rank, world_size=world_size)
         self.split, self.augment, self.jitter_pixels, self.affine = split, augment, jitter_pixels, affine
+        self.fingerprints = fingerprints and augment == "none"
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         aug_gen = torch.Generator().manual_seed(self.seed * 7_000_009 + self.epoch + 1)
@@ -127,4 +141,7 @@ class Batches(EpochBatches):
                 inputs = jitter(inputs, self.jitter_pixels, aug_gen)
             elif self.augment == "affine":
                 inputs = random_affine(inputs, self.jitter_pixels, *self.affine, aug_gen)
-            yield {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
+            batch = {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
+            if self.fingerprints:
+                batch["input_fingerprint"] = self.split.fingerprints()[idx]
+            yield batch

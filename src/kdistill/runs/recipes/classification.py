@@ -97,7 +97,7 @@ class ClassificationRecipe(Recipe):
         d = cfg.data
         train = Batches(data.train, d.batch_size, shuffle=True, seed=cfg.seed, augment=d.augment,
                         jitter_pixels=d.jitter_pixels, affine=(d.affine_degrees, d.affine_scale),
-                        rank=ctx.rank, world_size=ctx.world_size)
+                        rank=ctx.rank, world_size=ctx.world_size, fingerprints=role == "distilled")
         val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
         task = ClassificationTask(data.num_classes, cfg.train.device)
         if role != "distilled":
