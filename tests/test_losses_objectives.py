@@ -43,7 +43,7 @@ def test_registry_names_every_method():
 def test_kd_equals_hinton_soft_plus_hard(batch):
     s, t, data = batch
     loss, terms, hp = run(build_objective(KDLoss(temperature=3, soft_weight=0.6, hard_weight=0.4)), batch)
-    assert set(hp) == {"temperature", "soft_weight", "hard_weight"} and set(terms) == {"soft", "hard"}
+    assert set(hp) == {"temperature", "soft_weight", "hard_weight"} and set(terms) == {"soft", "hard", "teacher_entropy"}
     expected = 0.6 * soft_target_kl(s, t, 3.0, "sum") + 0.4 * F.cross_entropy(s, data["labels"], reduction="sum")
     torch.testing.assert_close(loss, expected)
 

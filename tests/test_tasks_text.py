@@ -52,7 +52,7 @@ def test_objective_adds_hidden_and_attention_terms_and_trains_the_projections(se
     outputs = task.forward(model, batch)
     hp = {"temperature": 2.0, "soft_weight": 0.5, "hard_weight": 0.5, "hidden_weight": 1.0, "attention_weight": 0.5}
     loss, parts = objective(task, outputs, source.outputs(batch), batch, hp)
-    assert set(parts) == {"soft", "hard", "hidden", "attention"}
+    assert set(parts) == {"soft", "hard", "hidden", "attention", "teacher_entropy"}
     expected = 0.5 * parts["soft"] + 0.5 * parts["hard"] + parts["hidden"] + 0.5 * parts["attention"]
     torch.testing.assert_close(loss, expected)
     loss.backward()
