@@ -42,6 +42,55 @@ def test_topk_teacher_matches_the_bucketed_reference_and_gradcheck():
     assert torch.autograd.gradcheck(f, (hidden, weight))
 
 
+@pytest.mark.parametrize("soft, hard", [(1.0, 0.0), (0.7, 0.3), (1.0, 1.0)])
+@pytest.mark.parametrize("kind, beta", [("forward_kl", 0.5), ("jsd", 0.0)])
+def test_topk_forward_kl_is_closed_form_with_the_bucketed_value_and_gradient(soft, hard, kind, beta, monkeypatch):
+    """Forward KL from a top-k teacher takes the closed-form chunk path (no per-chunk autograd):
+    the bucketed reference's value and gradient (biased output layer, chunks of 2), gradcheck."""
+    import kdistill.losses.fused as fused
+
+    g = torch.Generator().manual_seed(4)
+    n, h, v, k = 7, 3, 9, 4
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(v, h, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    bias = torch.randn(v, generator=g, dtype=torch.float64, requires_grad=True)
+    top = torch.log_softmax(torch.randn(n, v, generator=g, dtype=torch.float64) * 3, -1).topk(k, -1)
+    labels = torch.randint(0, v, (n,), generator=g)
+    spec = TokenLossSpec(kind=kind, beta=beta, cross_entropy=hard != 0)
+    monkeypatch.setattr(fused, "_chunk_terms", lambda *a, **kw: pytest.fail("took the autograd path"))
+
+    def f(hh, ww, bb):
+        return chunked_weighted_loss(hh, top.values, labels, spec, soft_weight=soft, hard_weight=hard,
+                                     weight=ww, bias=bb, teacher_indices=top.indices, chunk_size=2)[0]
+
+    logits = torch.nn.functional.linear(hidden, weight, bias)
+    want = soft * divergence_from_log_probs("forward_kl", *topk_bucket_log_probs(logits, top.indices, top.values)).sum()
+    if hard:
+        want = want + hard * torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+    got = f(hidden, weight, bias)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    for a, b in zip(torch.autograd.grad(got, (hidden, weight, bias)), torch.autograd.grad(want, (hidden, weight, bias))):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+def test_topk_forward_kl_gradient_stays_bounded_when_the_student_leaves_no_tail():
+    """A float32 student with all but ~1e-9 of its mass on the teacher's k tokens: 1 - sum(Q_k)
+    rounds to 0, but the tail is summed over the other tokens, so the gradient is finite and
+    bounded by the teacher's tail mass (a complement-based tail would divide by ~1e-38)."""
+    v, k = 50, 2
+    logits = torch.full((1, v), -25.0)
+    logits[0, :k] = 0.0
+    logits.requires_grad_()
+    values = torch.log(torch.tensor([[0.6, 0.3]]))  # the teacher leaves 0.1 in its tail
+    total, _, _ = chunked_weighted_loss(logits, values, None, TokenLossSpec(cross_entropy=False), soft_weight=1.0,
+                                        hard_weight=0.0, teacher_indices=torch.tensor([[0, 1]]))
+    (grad,) = torch.autograd.grad(total, logits)
+    assert torch.isfinite(total) and torch.isfinite(grad).all()
+    torch.testing.assert_close(grad[0, k:].sum(), torch.tensor(-0.1), rtol=1e-3, atol=1e-6)  # Q_tail - P_tail
+    assert grad.abs().max() <= 0.5 + 1e-6
+
+
 def test_divergence_only_and_ce_only():
     s, t = _pair(n=6, v=5)
     s.requires_grad_(True)

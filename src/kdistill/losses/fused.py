@@ -3,7 +3,7 @@
 ``chunked_weighted_loss`` takes the student's final hidden states and its output projection and
 computes ``soft * sum(divergence) + hard * sum(cross-entropy)`` over the selected tokens a chunk
 at a time, with each chunk's gradients made in the forward pass (in closed form for forward KL,
-reverse KL and JSD, by per-chunk autograd otherwise): the (tokens x vocabulary) logits never exist
+reverse KL and JSD, and for forward KL from a top-k teacher; by per-chunk autograd otherwise): the (tokens x vocabulary) logits never exist
 at once, and no chunk is computed twice. The divergences themselves are in
 ``kdistill.losses.divergences``.
 """
@@ -13,11 +13,12 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from kdistill.losses.divergences import divergence_from_log_probs, topk_buckets
+from kdistill.losses.divergences import divergence_from_log_probs, kl, tail_bins, topk_buckets
 
 CPU_CHUNK_BYTES = 24 * 2**20
 
@@ -74,7 +75,11 @@ def _chunk_terms(hidden, weight, bias, teacher, teacher_indices, labels, spec: T
     return div, ce
 
 
-CLOSED_FORM = ("forward_kl", "reverse_kl", "jsd")
+CLOSED_FORM = ("forward_kl", "reverse_kl", "jsd")  # and forward KL from a top-k teacher
+
+
+def _topk_kind(spec: TokenLossSpec) -> str:
+    return "forward_kl" if spec.kind == "jsd" and spec.beta == 0.0 else spec.kind
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -201,6 +206,36 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
     return div, ce, grad, factor
 
 
+def _topk_forward_kl_chunk(logits, values, indices, labels, spec: TokenLossSpec, soft_weight: float,
+                           hard_weight: float, scratch: _Scratch):
+    """``_closed_form_chunk`` for a top-k teacher (log-probabilities ``values`` at ``indices``,
+    temperature 1) and forward KL over the (k kept tokens, tail bin) buckets. With P_tail the
+    mass the teacher's k leave and Q_tail the student's, the gradient of that KL with respect to
+    the logits is Q - P~, where P~ is the teacher's P on its k tokens and the tail spread in
+    proportion to the student elsewhere (P~_i = Q_i P_tail / Q_tail): one V-wide scaling of Q and
+    a k-wide scatter, never the teacher's dense distribution. Q_tail is summed over the tokens
+    outside the k (not 1 - their complement, which rounds to 0 once the student puts all but
+    ~1e-7 of its mass on them), so P~ stays bounded by P_tail."""
+    log_q = torch.log_softmax(logits, -1, out=scratch.take())
+    ce = -log_q.gather(-1, labels[:, None]).squeeze(-1) if spec.cross_entropy else None
+    log_q_top = log_q.gather(-1, indices)
+    q = torch.exp(log_q, out=logits).scatter_(-1, indices, 0.0)  # the student's mass outside the k
+    q_tail = q.sum(-1).clamp_min_(torch.finfo(q.dtype).tiny)
+    log_pb = tail_bins(values.to(q.dtype))
+    div = kl(log_pb, tail_bins(log_q_top, q_tail.log())) if spec.divergence else None
+    hard = hard_weight if spec.cross_entropy else 0.0
+    soft = soft_weight if spec.divergence else 0.0
+    scratch.give(log_q)
+    if soft == 0.0 and hard == 0.0:
+        return div, ce, None, 0.0
+    # off the k: soft (Q - P~) + hard Q = Q (soft (1 - P_tail / Q_tail) + hard); on them soft (Q - P) + hard Q
+    grad = q.mul_((soft * (1.0 - log_pb[:, -1].exp() / q_tail) + hard)[:, None])
+    grad.scatter_(-1, indices, log_q_top.exp().mul_(soft + hard).sub_(log_pb[:, :-1].exp(), alpha=soft))
+    if hard:
+        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard))
+    return div, ce, grad, 1.0
+
+
 def _rows(t: torch.Tensor | None, s: int, e: int) -> torch.Tensor | None:
     return None if t is None else t[s:e]
 
@@ -248,7 +283,8 @@ def _weighted(div, ce, soft_weight: float, hard_weight: float, dtype) -> torch.T
     return sum(terms[1:], terms[0]).to(dtype) if terms else torch.zeros((), dtype=dtype)
 
 
-def _closed_form_chunk_grads(h, w, b, teacher, labels, spec, soft_weight, hard_weight, grads, capacity: int):
+def _closed_form_chunk_grads(h, w, b, teacher, indices, labels, spec, soft_weight, hard_weight, grads,
+                             capacity: int):
     """One chunk's terms, its (hidden, weight, bias) gradients added into ``grads`` in place,
     through the closed-form logit gradient: the output layer's two matmuls are the only work
     beyond the loss itself, and nothing V-wide is allocated (see ``_Scratch``)."""
@@ -263,7 +299,9 @@ def _closed_form_chunk_grads(h, w, b, teacher, labels, spec, soft_weight, hard_w
             torch.mm(h, w.t(), out=logits) if b is None else torch.addmm(b.to(dtype), h, w.t(), out=logits)
         else:  # lower precision (autocast): the matmul in it, the loss in fp32
             logits.copy_(F.linear(h, w, b))
-        d, c, g, factor = _closed_form_chunk(logits, teacher, labels, spec, soft_weight, hard_weight, scratch)
+        chunk_fn = _closed_form_chunk if indices is None else partial(_topk_forward_kl_chunk, indices=indices)
+        d, c, g, factor = chunk_fn(logits, teacher, labels=labels, spec=spec, soft_weight=soft_weight,
+                                   hard_weight=hard_weight, scratch=scratch)
         if g is None:
             return d, c
         # factor * g is the logits' gradient: scale whichever side of each product is small
@@ -288,13 +326,14 @@ class _ChunkedWeightedSum(torch.autograd.Function):
         grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
         sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
                            device=hidden.device)
-        closed_form = teacher_indices is None and (not spec.divergence or spec.kind in CLOSED_FORM)
+        closed_form = (not spec.divergence or spec.kind in CLOSED_FORM) if teacher_indices is None else \
+            (not spec.divergence or _topk_kind(spec) == "forward_kl")
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
             rows = (_rows(teacher, s, e), _rows(teacher_indices, s, e), _rows(labels, s, e))
             if closed_form:
                 got = []  # added in place
-                d, c = _closed_form_chunk_grads(hidden[s:e].detach(), w, b, rows[0], rows[2], spec,
+                d, c = _closed_form_chunk_grads(hidden[s:e].detach(), w, b, rows[0], rows[1], rows[2], spec,
                                                 soft_weight, hard_weight,
                                                 (_rows(grad_h, s, e), grad_w, grad_b), chunk)
             else:
