@@ -22,9 +22,14 @@ documentation), blocks of 128 tokens.
   KL on its full distribution, + cross-entropy at --hard-weight), and from scratch, at the same
   token budget; held-out perplexity, top-1 agreement and KL(teacher || student) on the full
   vocabulary, mean +- std over seeds.
+- Students by encoding (--student-encodings): the other fidelity, what a student learns. One plain
+  top-128 capture (fp16 log-probs + 32-bit ids, the reference record), re-encoded without the
+  teacher into the smaller encodings (their top entries are the plain record's first ones; the
+  rest joins the tail), and students trained from each, same seeds and budget as above.
 
     python bench/llm_cache.py            # full: 3 seeds -> bench/results/llm_cache.json
     python bench/llm_cache.py --quick    # 1 seed, fewer tokens -> bench/results/llm_cache_quick.json
+    python bench/llm_cache.py --parts students_by_encoding   # one part, merged into the JSON
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ from kdistill.teachers.lm_cache import LMCacheTeacher, capture, data_identity  #
 from kdistill.teachers.lm_records import Encoding, rebuilt_kl  # noqa: E402
 
 DEFAULT = {"k": 64, "mass": 0.999, "values": "u8"}  # the encoding students train from
+PARTS = ("encodings", "speed", "quality", "students_by_encoding")
+REFERENCE_RECORD = "plain k=128"
 
 
 class Stored(TeacherSource):
@@ -93,12 +100,19 @@ def config(out: Path, dataset: str, seed: int, args) -> RunConfig:
 def encodings(args) -> dict[str, Encoding]:
     out = {}
     for k in args.ks:
-        out[f"plain k={k}"] = Encoding(k=k, values="fp16", ids="u32")
-        out[f"fp16 k={k}"] = Encoding(k=k, values="fp16")
-        out[f"u8 k={k}"] = Encoding(k=k, values="u8")
-        for m in args.masses:
-            out[f"u8 k={k} mass={m}"] = Encoding(k=k, mass=m, values="u8")
+        for name in (f"plain k={k}", f"fp16 k={k}", f"u8 k={k}", *(f"u8 k={k} mass={m}" for m in args.masses)):
+            out[name] = parse_encoding(name)
     return out
+
+
+def parse_encoding(name: str) -> Encoding:
+    """An encodings-table name ('plain k=128', 'u8 k=32', 'u8 k=64 mass=0.999') as an Encoding."""
+    kind, *fields = name.split()
+    opts = dict(f.split("=") for f in fields)
+    if kind not in ("plain", "fp16", "u8") or "k" not in opts or set(opts) - {"k", "mass"}:
+        raise SystemExit(f"encoding {name!r}: names look like 'plain k=128', 'u8 k=32' or 'u8 k=64 mass=0.999'")
+    return Encoding(k=int(opts["k"]), mass=float(opts.get("mass", 1.0)), values="fp16" if kind == "plain" else kind,
+                    **({"ids": "u32"} if kind == "plain" else {}))
 
 
 def chunked_kl(dense: torch.Tensor, top: TopKLogits, rows: int = 256) -> torch.Tensor:
@@ -154,7 +168,7 @@ def speed(args, ctx) -> dict:
 
 
 def train_student(variant: str, seed: int, args, ctx) -> dict:
-    out = ctx["out"] / f"{variant}-seed{seed}"
+    out = ctx["out"] / f"{variant.replace(' ', '_')}-seed{seed}"
     cfg = config(out, ctx["dataset"], seed, args)
     student = student_from_config(STUDENT, ctx["tokenizer"], seed=seed)
     t0 = time.perf_counter()
@@ -166,6 +180,40 @@ def train_student(variant: str, seed: int, args, ctx) -> dict:
     task = CausalLMTask(ctx["vocab"], reference=ctx["reference"])
     metrics = task.evaluate(student, LMBatches(ctx["data"].val, 8))
     return {"variant": variant, "seed": seed, "seconds": seconds, **metrics}
+
+
+def students_by_encoding(args, ctx, live, data, identity) -> dict:
+    """Students trained from the plain top-128 record and from each of --student-encodings
+    (re-encoded from it), seeds interleaved; held-out KL / agreement / perplexity, mean +- std."""
+    named = {name: parse_encoding(name) for name in (REFERENCE_RECORD, *args.student_encodings)}
+    base = args.out / "by-encoding" / "plain_k=128"
+    t0 = time.perf_counter()
+    plain = capture(live, data.train, base, encoding=named[REFERENCE_RECORD], identity=identity, batch_size=8)
+    caches, info = {REFERENCE_RECORD: plain}, {REFERENCE_RECORD: {"bytes_per_token": plain.bytes_per_sample,
+                                                                   "capture_s": time.perf_counter() - t0}}
+    for name in args.student_encodings:
+        t0 = time.perf_counter()
+        caches[name] = capture(plain, data.train, args.out / "by-encoding" / name.replace(" ", "_"),
+                               encoding=named[name], identity=identity, batch_size=8)
+        info[name] = {"bytes_per_token": caches[name].bytes_per_sample, "capture_s": time.perf_counter() - t0}
+    ctx = {**ctx, **{f"cache {n}": c for n, c in caches.items()}}
+    results = []
+    for seed in args.seeds:
+        for name in caches:
+            results.append(train_student(f"cache {name}", seed, args, ctx))
+            r = results[-1]
+            print(f"  {name:<18} seed {seed}: ppl {r['ppl']:.1f} agree {100 * r['agreement']:.2f}% "
+                  f"KL {r['kl_to_teacher']:.3f} ({r['seconds']:.0f}s)", flush=True)
+    table = {}
+    for name in caches:
+        rs = [r for r in results if r["variant"] == f"cache {name}"]
+        table[name] = {**info[name], **{k: mean_std([r[k] for r in rs]) for k in ("ppl", "agreement", "kl_to_teacher")}}
+    print(f"\n{'student trained from':<22}{'bytes/token':>12}{'held-out ppl':>18}{'agree w/ teacher':>20}{'KL to teacher':>18}")
+    for name, m in table.items():
+        print(f"{name:<22}{m['bytes_per_token']:>12.1f}{m['ppl'][0]:>11.2f} ± {m['ppl'][1]:<5.2f}"
+              f"{100 * m['agreement'][0]:>12.2f} ± {100 * m['agreement'][1]:<5.2f}"
+              f"{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}")
+    return {"table": table, "runs": results}
 
 
 def mean_std(xs):
@@ -185,8 +233,15 @@ def main() -> None:
     ap.add_argument("--hard-weight", type=float, default=0.5)
     ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
     ap.add_argument("--speed-repeats", type=int, default=None)
+    ap.add_argument("--student-encodings", nargs="+", default=["u8 k=32", "u8 k=16", "u8 k=8"],
+                    help="encodings (names as in the encodings table) students also train from, beside plain k=128")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"parts to run ({', '.join(PARTS)}); a subset "
+                    "is merged into the existing results file")
     ap.add_argument("--out", type=Path, default=Path("/tmp/kdistill-bench-llm-cache"))
     args = ap.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - set(PARTS):
+        ap.error(f"unknown part(s) {', '.join(sorted(parts - set(PARTS)))}; choose from {', '.join(PARTS)}")
     args.seeds = args.seeds or ([0] if args.quick else [0, 1, 2])
     args.epochs = args.epochs or (1 if args.quick else 3)
     args.train_tokens = args.train_tokens or (1024 if args.quick else 8192)
@@ -207,74 +262,99 @@ def main() -> None:
     print(f"{dataset}: {data.train.target_tokens()} training target tokens x {args.epochs} epochs, "
           f"{data.val.target_tokens()} held-out; vocabulary {vocab}")
 
-    fidelity_blocks = data.train.subset(slice(0, max(1, args.fidelity_tokens // 127)))
-    stored = Stored(live, fidelity_blocks, 8)
-    table = measure_encodings(args, stored, fidelity_blocks, args.out)
-    del stored
-    print(f"\n{'encoding':<24}{'bytes/token':>12}{'kept/token':>11}{'KL mean':>11}{'KL p99':>10}{'capture tok/s':>15}")
-    for name, r in table.items():
-        print(f"{name:<24}{r['bytes_per_token']:>12.1f}{r['mean_kept']:>11.1f}{r['kl_mean']:>11.4f}"
-              f"{r['kl_p99']:>10.4f}{r['capture_tokens_per_s']:>15.0f}")
-
-    shutil.rmtree(args.out / "cache", ignore_errors=True)
-    t0 = time.perf_counter()
-    cache = capture(live, data.train, args.out / "cache", encoding=Encoding(**DEFAULT),
-                    identity=data_identity(data.train, splits.identity), batch_size=8)
-    capture_s = time.perf_counter() - t0
-    cache = LMCacheTeacher(cache.path)
-    end_to_end = {"encoding": DEFAULT, "tokens": cache.rows, "seconds": capture_s,
-                  "tokens_per_s": cache.rows / capture_s, "bytes_per_token": cache.bytes_per_sample}
-    print(f"\nend-to-end capture ({DEFAULT}): {cache.rows} tokens in {capture_s:.1f}s = "
-          f"{end_to_end['tokens_per_s']:.0f} tok/s, {cache.bytes_per_sample:.1f} bytes/token")
+    record = {"dataset": dataset, "teacher": TEACHER, "student": STUDENT, "vocab": vocab, "default_encoding": DEFAULT,
+              "seeds": args.seeds}
+    identity = data_identity(data.train, splits.identity)
+    if "encodings" in parts:
+        fidelity_blocks = data.train.subset(slice(0, max(1, args.fidelity_tokens // 127)))
+        stored = Stored(live, fidelity_blocks, 8)
+        record["encodings"] = table = measure_encodings(args, stored, fidelity_blocks, args.out)
+        record["fidelity_tokens"] = fidelity_blocks.target_tokens()
+        del stored
+        print(f"\n{'encoding':<24}{'bytes/token':>12}{'kept/token':>11}{'KL mean':>11}{'KL p99':>10}{'capture tok/s':>15}")
+        for name, r in table.items():
+            print(f"{name:<24}{r['bytes_per_token']:>12.1f}{r['mean_kept']:>11.1f}{r['kl_mean']:>11.4f}"
+                  f"{r['kl_p99']:>10.4f}{r['capture_tokens_per_s']:>15.0f}")
 
     ctx = {"out": args.out, "dataset": dataset, "tokenizer": tokenizer, "vocab": vocab, "data": data,
-           "cache": cache, "live": live, "reference": ReferenceLogits(live)}
-    sp = speed(args, ctx)
-    print(f"\ntraining speed ({sp['tokens_per_step']} target tokens per step):")
-    for k, v in sp["tokens_per_s"].items():
-        print(f"  {k:<11}{v:>9.0f} tok/s  = {v / sp['tokens_per_s']['student_ce']:.2f} x student-only")
-
-    results = []
-    for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
+           "live": live, "reference": ReferenceLogits(live)}
+    if parts & {"speed", "quality"}:
+        shutil.rmtree(args.out / "cache", ignore_errors=True)
+        t0 = time.perf_counter()
+        cache = capture(live, data.train, args.out / "cache", encoding=Encoding(**DEFAULT), identity=identity,
+                        batch_size=8)
+        capture_s = time.perf_counter() - t0
+        ctx["cache"] = cache = LMCacheTeacher(cache.path)
+        record["end_to_end_capture"] = {"encoding": DEFAULT, "tokens": cache.rows, "seconds": capture_s,
+                                        "tokens_per_s": cache.rows / capture_s, "bytes_per_token": cache.bytes_per_sample}
+        print(f"\nend-to-end capture ({DEFAULT}): {cache.rows} tokens in {capture_s:.1f}s = "
+              f"{cache.rows / capture_s:.0f} tok/s, {cache.bytes_per_sample:.1f} bytes/token")
+    if "speed" in parts:
+        record["speed"] = sp = speed(args, ctx)
+        record["live_kd_epoch_s"] = data.train.target_tokens() / sp["tokens_per_s"]["live_kd"]  # at the timed rate
+        print(f"\ntraining speed ({sp['tokens_per_step']} target tokens per step):")
+        for k, v in sp["tokens_per_s"].items():
+            print(f"  {k:<11}{v:>9.0f} tok/s  = {v / sp['tokens_per_s']['student_ce']:.2f} x student-only")
+    if "quality" in parts:
+        results = []
+        for seed in args.seeds:  # interleaved: every variant of a seed before the next seed
+            for variant in ("scratch", "cache", "live"):
+                results.append(train_student(variant, seed, args, ctx))
+                r = results[-1]
+                print(f"  {variant:<8} seed {seed}: ppl {r['ppl']:.1f} agree {100 * r['agreement']:.2f}% "
+                      f"KL {r['kl_to_teacher']:.3f} ({r['seconds']:.0f}s)", flush=True)
+        quality = {}
         for variant in ("scratch", "cache", "live"):
-            results.append(train_student(variant, seed, args, ctx))
-            r = results[-1]
-            print(f"  {variant:<8} seed {seed}: ppl {r['ppl']:.1f} agree {100 * r['agreement']:.2f}% "
-                  f"KL {r['kl_to_teacher']:.3f} ({r['seconds']:.0f}s)", flush=True)
-    quality = {}
-    for variant in ("scratch", "cache", "live"):
-        rs = [r for r in results if r["variant"] == variant]
-        quality[variant] = {k: mean_std([r[k] for r in rs]) for k in ("ppl", "agreement", "kl_to_teacher", "seconds")}
-    print(f"\n{'student':<10}{'held-out ppl':>18}{'agree w/ teacher':>20}{'KL to teacher':>18}")
-    for v, m in quality.items():
-        print(f"{v:<10}{m['ppl'][0]:>11.2f} ± {m['ppl'][1]:<5.2f}{100 * m['agreement'][0]:>12.2f} ± "
-              f"{100 * m['agreement'][1]:<5.2f}{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}")
+            rs = [r for r in results if r["variant"] == variant]
+            quality[variant] = {k: mean_std([r[k] for r in rs]) for k in ("ppl", "agreement", "kl_to_teacher", "seconds")}
+        record.update(quality=quality, runs=results)
+        print(f"\n{'student':<10}{'held-out ppl':>18}{'agree w/ teacher':>20}{'KL to teacher':>18}")
+        for v, m in quality.items():
+            print(f"{v:<10}{m['ppl'][0]:>11.2f} ± {m['ppl'][1]:<5.2f}{100 * m['agreement'][0]:>12.2f} ± "
+                  f"{100 * m['agreement'][1]:<5.2f}{m['kl_to_teacher'][0]:>11.3f} ± {m['kl_to_teacher'][1]:<5.3f}")
+    if "students_by_encoding" in parts:
+        record["students_by_encoding"] = students_by_encoding(args, ctx, live, data, identity)
 
-    plain = table.get("plain k=128")
-    compact = [r for r in table.values() if r["bytes_per_token"] <= 150 and plain and r["kl_mean"] <= plain["kl_mean"]]
-    live_epoch = data.train.target_tokens() / sp["tokens_per_s"]["live_kd"]  # at the timed step's rate
-    c, lv = quality["cache"], quality["live"]
-    noise = max(c["kl_to_teacher"][1], lv["kl_to_teacher"][1])
-    targets = {
-        "an encoding <= 150 bytes/token at a KL no worse than plain fp16 + int32 top-128": bool(compact),
-        "training from the cache >= 0.9 x the student-only step": sp["cache_over_student_ce"] >= 0.9,
-        "capture of the training set costs no more than one live-KD epoch": capture_s <= live_epoch,
-        "cache students within seed noise of live students (KL to teacher)":
-            None if len(args.seeds) < 2 else abs(c["kl_to_teacher"][0] - lv["kl_to_teacher"][0]) <= 2 * noise,
-    }
-    for k, ok in targets.items():
-        print(f"target: {k}: {'n/a (one seed)' if ok is None else 'met' if ok else 'MISSED'}")
-    machine = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
-               "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
-    record = {"dataset": dataset, "teacher": TEACHER, "student": STUDENT, "vocab": vocab, "default_encoding": DEFAULT,
-              "encodings": table, "fidelity_tokens": fidelity_blocks.target_tokens(), "end_to_end_capture": end_to_end,
-              "live_kd_epoch_s": live_epoch, "speed": sp, "quality": quality, "runs": results, "targets": targets,
-              "seeds": args.seeds, "seconds": time.perf_counter() - t_start, "machine": machine,
-              "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     out = ROOT / "bench" / "results" / ("llm_cache_quick.json" if args.quick else "llm_cache.json")
+    if parts != set(PARTS) and out.is_file():  # one part: merged into the last full record
+        record = {**json.loads(out.read_text()), **record}
+    record["targets"] = targets(record, len(args.seeds))
+    for k, ok in record["targets"].items():
+        print(f"target: {k}: {'n/a' if ok is None else 'met' if ok else 'MISSED'}")
+    record.setdefault("seconds_by_part", {})[",".join(sorted(parts))] = time.perf_counter() - t_start
+    record["machine"] = {"python": platform.python_version(), "torch": torch.__version__, "cores": os.cpu_count(),
+                         "threads": torch.get_num_threads(), "load_average": os.getloadavg()}
+    record.setdefault("config_by_part", {})[",".join(sorted(parts))] = {
+        k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")
+
+
+def targets(record: dict, seeds: int) -> dict:
+    """The issue's targets, judged on whatever parts the record holds (None: not measured)."""
+    out = {}
+    table = record.get("encodings")
+    if table:
+        plain = table.get(REFERENCE_RECORD)
+        out["an encoding <= 150 bytes/token at a rebuilt-distribution KL no worse than plain top-128"] = bool(plain) and any(
+            r["bytes_per_token"] <= 150 and r["kl_mean"] <= plain["kl_mean"] for r in table.values())
+    by = record.get("students_by_encoding", {}).get("table")
+    if by and seeds > 1:
+        ref = by[REFERENCE_RECORD]["kl_to_teacher"]
+        out["an encoding <= 150 bytes/token whose students' KL to the teacher is within seed noise of plain top-128's"] = any(
+            m["bytes_per_token"] <= 150 and m["kl_to_teacher"][0] <= ref[0] + 2 * max(ref[1], m["kl_to_teacher"][1])
+            for m in by.values())
+    if "speed" in record:
+        out["training from the cache >= 0.9 x the student-only step"] = record["speed"]["cache_over_student_ce"] >= 0.9
+    if "end_to_end_capture" in record and "live_kd_epoch_s" in record:
+        out["capture of the training set costs no more than one live-KD epoch"] = (
+            record["end_to_end_capture"]["seconds"] <= record["live_kd_epoch_s"])
+    quality = record.get("quality")
+    if quality and seeds > 1:
+        c, lv = quality["cache"]["kl_to_teacher"], quality["live"]["kl_to_teacher"]
+        out["cache students within seed noise of live students (KL to teacher)"] = abs(c[0] - lv[0]) <= 2 * max(c[1], lv[1])
+    return out
 
 
 if __name__ == "__main__":
