@@ -10,7 +10,7 @@ per-sample, learned). Per row: last-epoch test accuracy mean ± std over the see
 selected on the test set), agreement with the row's teacher, training seconds per epoch relative
 to KD. A second, smaller table on MNIST: the bundled ccexam CNN -> an MLP (784-256-10).
 
-    python bench/methods.py                  # full table (hours on a busy CPU)
+    python bench/methods.py                  # full table (about an hour on one idle core)
     python bench/methods.py --quick          # ~1 minute: tiny subset, 1 epoch, 1 seed; same code path
     python bench/methods.py --rows kd,dkd    # some rows only (finished runs are reused)
 
@@ -186,7 +186,7 @@ def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs
     base.update(name="methods-mnist", data={"dataset": "mnist", "batch_size": 128},
                 teacher={"kind": "live", "model": {"arch": "pretrained", "name": "ccexam-mnist"}},
                 student={"arch": "mlp", "hidden": [256]})
-    base["optim"]["lr"] = {"kind": "cosine", "start": 0.015, "end": 0.0}  # ccexam's large logits diverge at 0.05
+    base["optim"]["lr"] = {"kind": "cosine", "start": 0.015, "end": 0.0, "warmup_steps": 100}  # ccexam's large logits diverge at 0.05
     base["train"]["epochs"] = 5
     data = quick_data(build_data(shrink(RunConfig.parse(base), quick, epochs).data), quick)
     teacher_cfg = RunConfig.parse(base)
