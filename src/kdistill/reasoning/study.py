@@ -140,7 +140,7 @@ def format_study(result: dict, title: str) -> str:
     return "\n".join(lines)
 
 
-DEMO_STUDENT_STEPS = 400
+DEMO_STUDENT_STEPS = 1000
 DEMO_SIZES = {"train_size": 1000, "test_size": 100}
 
 
