@@ -229,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", default=",".join([*FASHION_ROWS, *MNIST_LOSSES]), help="rows to run now")
     p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/methods-fmnist[-quick])")
     p.add_argument("--json", type=Path, default=None, help="results (default bench/results/methods[_quick].json)")
     args = p.parse_args(argv)
@@ -239,8 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     rows = set(args.rows.split(","))
     info, t0 = machine(), time.perf_counter()
-    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs)
-    mnist = mnist_table(out, rows, seeds, args.quick, args.epochs)
+    tables = set(args.tables.split(","))
+    if tables - {"fashion_mnist", "mnist"}:
+        p.error(f"--tables: fashion_mnist and/or mnist, got {args.tables!r}")
+    empty = {"table": {}, "train_samples": 0, "test_samples": 0}
+    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs) if "fashion_mnist" in tables else empty
+    mnist = mnist_table(out, rows, seeds, args.quick, args.epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "seeds": seeds, "teacher_seeds": list(TEACHER_SEEDS), "fashion_mnist": fashion, "mnist": mnist,
