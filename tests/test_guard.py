@@ -60,3 +60,28 @@ def test_nonfinite_culprits_tell_input_teacher_and_student_apart():
     masked = finite.clone()
     masked[0, 0] = float("-inf")  # a teacher may mask logits with -inf
     assert nonfinite_culprits({"inputs": x}, finite, masked) == ("loss", [])
+
+
+def test_a_term_ramped_in_by_its_schedule_is_not_divergence_but_a_blow_up_is():
+    """DKD's warm-up takes its term's weight from 0 to 1: the loss rises ~10x by design while every
+    unweighted term falls, so the start is taken under this step's weights; a student whose terms
+    grow still stops the run."""
+    def run(grow: float):
+        guard = DivergenceGuard(DivergenceGuardConfig(window=3, loss_factor=10))
+        for step in range(30):
+            ramp = min(step / 10, 1.0)
+            hard, dkd = (2.3 - 0.01 * step) * grow ** step, 3.0 - 0.02 * step
+            guard.observe_step(step, 0, hard + ramp * 8 * dkd, {"loss": 0.0, "hard": hard, "dkd": dkd,
+                                                                "teacher_entropy": 0.01 * step ** 3},
+                               {"lr": 0.1, "hard_weight": 1.0, "dkd_weight": ramp})
+    run(1.0)
+    with pytest.raises(TrainingError, match="its start under this step's loss weights"):
+        run(1.5)
+
+
+def test_a_term_without_a_scheduled_weight_keeps_the_plain_start():
+    guard = DivergenceGuard(DivergenceGuardConfig(window=2, loss_factor=10))
+    _feed(guard, [1.0, 1.0])
+    guard.observe_step(2, 0, 15.0, {"hard": 1.0, "dist": 14.0}, {"hard_weight": 1.0})
+    with pytest.raises(TrainingError, match=r"its start \(1"):
+        guard.observe_step(3, 0, 15.0, {"hard": 1.0, "dist": 14.0}, {"hard_weight": 1.0})

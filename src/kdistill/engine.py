@@ -268,7 +268,7 @@ class Engine:
                         if time.perf_counter() - flushed > FLUSH_SECONDS:  # a kill loses ~1 s of log
                             log.flush()
                             flushed = time.perf_counter()
-                    self.guard.observe_step(record["step"], epoch, terms["loss"] if terms else None)
+                    self.guard.observe_step(record["step"], epoch, terms["loss"] if terms else None, terms, hp)
                     if terms and self.step % 20 == 0:
                         bar.set_postfix({k: f"{v:.3g}" for k, v in record.items()
                                          if k in ("loss", "soft", "hard", "temperature")})

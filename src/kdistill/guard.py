@@ -5,7 +5,10 @@ loss finite and still wreck the model. Two rules, each with its own knob, and an
 
 - the training loss, averaged over the last ``window`` steps, exceeds ``loss_factor`` times the
   lowest loss of the first ``window`` steps (the loss at initialisation: later losses that are
-  10x higher mean the updates push the wrong way);
+  10x higher mean the updates push the wrong way). When every logged term has a scheduled weight
+  (``soft`` / ``soft_weight``, ``dkd`` / ``dkd_weight``...), that start is the terms' start values
+  under this step's weights: a schedule that ramps a term in (DKD's warm-up, a rising soft weight)
+  raises the loss by design, not by divergence;
 - after ``chance_after_epochs`` epochs, validation accuracy is no better than always predicting
   the most frequent validation class (plus ``chance_margin``), once ``chance_min_steps`` steps
   have been trained, on a validation split of at least ``chance_min_samples`` samples.
@@ -21,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kdistill.errors import TrainingError
 
 KNOBS = "train.divergence_guard"
+DIAGNOSTICS = ("teacher_entropy", "temperature")  # logged beside the terms, not weighted into the loss
 
 
 class DivergenceGuardConfig(BaseModel):
@@ -49,32 +53,52 @@ class DivergenceGuard:
         self.cfg, self.lr_hint = cfg, lr_hint
         self.chance = majority_share(val_labels, cfg.chance_min_samples)
         self.start: list[float] = []  # the first `window` step losses
+        self.term_start: dict[str, list[float]] = {}  # each term's first `window` values
         self.recent: deque[float] = deque(maxlen=cfg.window)
 
     def state(self) -> dict:
-        return {"start": list(self.start)}
+        return {"start": list(self.start), "terms": {k: list(v) for k, v in self.term_start.items()}}
 
     def load_state(self, state: dict | None) -> None:
         self.start = list((state or {}).get("start", []))
+        self.term_start = {k: list(v) for k, v in (state or {}).get("terms", {}).items()}
+
+    def _baseline(self, terms: dict[str, float] | None, weights: dict[str, float] | None) -> float | None:
+        """The start loss under this step's weights (see the module notes), the plain start when
+        a term has no scheduled weight, None while a weighted term's start is still filling."""
+        named = {k: v for k, v in (terms or {}).items() if k not in DIAGNOSTICS and k != "loss"}
+        for name, value in named.items():
+            start = self.term_start.setdefault(name, [])
+            if len(start) < self.cfg.window:
+                start.append(value)
+        if not named or weights is None or any(f"{k}_weight" not in weights for k in named):
+            return min(self.start)
+        if any(len(self.term_start[k]) < self.cfg.window for k in named):
+            return None
+        return sum(weights[f"{k}_weight"] * min(self.term_start[k]) for k in named)
 
     def _cause(self) -> str:
         return (f"the learning rate ({self.lr_hint}) is likely too high, or the loss weights / "
                 "temperature too large; lower optim.lr, or tune (or turn off) "
                 f"{KNOBS}")
 
-    def observe_step(self, step: int, epoch: int, loss: float | None) -> None:
+    def observe_step(self, step: int, epoch: int, loss: float | None, terms: dict[str, float] | None = None,
+                     weights: dict[str, float] | None = None) -> None:
+        """One step's loss (None: a skipped step), its unweighted terms and the scheduled values."""
         if not self.cfg.enabled or loss is None:
             return
         if len(self.start) < self.cfg.window:
             self.start.append(loss)
         self.recent.append(loss)
-        if len(self.start) < self.cfg.window or len(self.recent) < self.cfg.window:
+        baseline = self._baseline(terms, weights)
+        if len(self.start) < self.cfg.window or len(self.recent) < self.cfg.window or baseline is None:
             return
-        baseline, mean = min(self.start), sum(self.recent) / len(self.recent)
+        mean = sum(self.recent) / len(self.recent)
         if baseline > 0 and mean > self.cfg.loss_factor * baseline:
+            rescaled = "" if baseline == min(self.start) else " under this step's loss weights"
             raise TrainingError(
                 f"training diverged at step {step} (epoch {epoch + 1}): the loss averaged {mean:.4g} "
-                f"over the last {len(self.recent)} steps, {mean / baseline:.3g}x its start "
+                f"over the last {len(self.recent)} steps, {mean / baseline:.3g}x its start{rescaled} "
                 f"({baseline:.4g}; {KNOBS}.loss_factor is {self.cfg.loss_factor:g}): {self._cause()}")
 
     def verdict(self, epochs_done: int, summary: dict) -> str | None:
