@@ -55,18 +55,19 @@ class _SummedKD(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student, teacher, labels, temperature: float, soft_weight: float, hard_weight: float):
-        log_q = F.log_softmax(student / temperature, -1)
-        log_p = F.log_softmax(teacher / temperature, -1)
+        hot = temperature != 1.0
+        log_q = F.log_softmax(student / temperature if hot else student, -1)
+        log_p = F.log_softmax(teacher / temperature if hot else teacher, -1)
         p = log_p.exp()
         neg_entropy = torch.vdot(p.view(-1), log_p.view(-1))  # an underflowed p adds 0 * finite
         soft = (neg_entropy - torch.vdot(p.view(-1), log_q.view(-1))) * temperature**2
-        grad = log_q.exp_().sub_(p).mul_(soft_weight * temperature)
-        loss = soft_weight * soft
-        hard = student.new_zeros(())
-        if hard_weight:
-            log_q1 = F.log_softmax(student, -1)
+        loss, hard = soft_weight * soft, student.new_zeros(())
+        if hard_weight:  # at T = 1 the soft term's log-probabilities serve
+            log_q1 = F.log_softmax(student, -1) if hot else log_q.clone()
             hard = F.nll_loss(log_q1, labels, reduction="sum")  # a label of -100 adds nothing
             loss = loss + hard_weight * hard
+        grad = log_q.exp_().sub_(p).mul_(soft_weight * temperature)
+        if hard_weight:
             kept = labels.ne(-100).unsqueeze(-1).to(student.dtype)
             grad.add_(log_q1.exp_().mul_(kept), alpha=hard_weight)
             grad.scatter_add_(1, labels.clamp(min=0).unsqueeze(-1), kept.mul_(-hard_weight))
