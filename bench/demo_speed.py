@@ -5,7 +5,9 @@ distilled student with the default teacher source (memoized: the frozen teacher 
 training image) and with the live teacher (``teacher.reuse: off``: the teacher runs on every
 batch), each for the demo's epochs; then the evaluation with the report; then the command itself,
 ``kdistill demo``, end to end in a fresh process (what a user waits for once set-up is done).
-Per-epoch seconds give the distilled student's epochs over the scratch student's.
+Per-epoch seconds give the distilled student's epochs over the scratch student's: the scratch and
+memoized runs alternate three times (``--repeats``) and the ratio pools their epochs, since this
+machine's speed drifts by a third over minutes and one pair alone swings the ratio by as much.
 
 Targets (issue 21): the demo after set-up <= 45 s on 2 cores; the distilled student's epochs
 <= 1.3 x the scratch student's.
@@ -91,46 +93,63 @@ def demo_config(out: Path, epochs: int):
     return cfg
 
 
-def bench_demo(epochs: int, out: Path) -> dict:
+def bench_demo(epochs: int, out: Path, repeats: int) -> dict:
+    """The scratch and memoized students ``repeats`` times, alternating (this machine's speed
+    drifts by a third over minutes: pairs close in time, pooled, cancel most of it), then the
+    live teacher once, the evaluation and the report."""
     from kdistill import runs
     from kdistill.data import build_data
     from kdistill.report import write_report
 
     cfg = demo_config(out, epochs)
     data, t_data, _ = timed(lambda: build_data(cfg.data))
-    phases, cpu = {"data_s": t_data}, {}
-    (scratch, cpu["scratch"]), phases["scratch_s"], _ = timed(
-        lambda: clocked(lambda: runs.train(cfg, role="scratch", data=data)))
-    (memo, cpu["distilled_memo"]), phases["distilled_memo_s"], _ = timed(
-        lambda: clocked(lambda: runs.distill(cfg, data=data)))
+    phases, epochs_s, cpu = {"data_s": t_data}, {"scratch": [], "distilled_memo": []}, {"scratch": [], "distilled_memo": []}
+    for r in range(repeats):  # the first pair in the run's own folders (evaluated below), later ones apart
+        where = {} if r == 0 else {"out_dir": out / f"repeat-{r}"}
+        (scratch, c), wall, _ = timed(lambda: clocked(lambda: runs.train(
+            cfg, role="scratch", data=data, **{k: v / "scratch" for k, v in where.items()})))
+        phases.setdefault("scratch_s", []).append(wall)
+        epochs_s["scratch"].append([h["seconds"] for h in scratch.history])
+        cpu["scratch"].append(c)
+        (memo, c), wall, _ = timed(lambda: clocked(lambda: runs.distill(
+            cfg, data=data, **{k: v / "distilled" for k, v in where.items()})))
+        phases.setdefault("distilled_memo_s", []).append(wall)
+        epochs_s["distilled_memo"].append([h["seconds"] for h in memo.history])
+        cpu["distilled_memo"].append(c)
+        if r == 0:
+            first_memo = memo
     live_cfg = cfg.model_copy(deep=True)
     live_cfg.teacher.reuse = "off"
-    (live, cpu["distilled_live"]), phases["distilled_live_s"], _ = timed(
+    (live, c), phases["distilled_live_s"], _ = timed(
         lambda: clocked(lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live")))
+    epochs_s["distilled_live"], cpu["distilled_live"] = [[h["seconds"] for h in live.history]], [c]
     rows, phases["evaluate_and_report_s"], _ = timed(lambda: runs.evaluate_run(cfg, data))
     _, phases["report_alone_s"], _ = timed(lambda: write_report(out))
-    epochs_s = {name: [h["seconds"] for h in r.history] for name, r in
-                (("scratch", scratch), ("distilled_memo", memo), ("distilled_live", live))}
     teacher = json.loads((out / "distilled" / "summary.json").read_text())["teacher"]
     return {
-        "phases": phases, "epoch_seconds": epochs_s, "epoch_cpu_seconds": cpu,
+        "repeats": repeats, "phases": phases, "epoch_seconds": epochs_s, "epoch_cpu_seconds": cpu,
         "ratios_to_scratch_epoch": ratios(epochs_s), "cpu_ratios_to_scratch_epoch": ratios(cpu),
         "memoized_teacher": {k: teacher[k] for k in ("computed", "served", "rows_in_memory", "bytes_in_memory",
                                                      "rows_on_disk")},
         "accuracy": {r.name: r.accuracy for r in rows},
         "live_vs_memo_same_weights": all(
-            torch.equal(a, b) for a, b in zip(memo.model.state_dict().values(), live.model.state_dict().values())),
+            torch.equal(a, b) for a, b in zip(first_memo.model.state_dict().values(), live.model.state_dict().values())),
     }
 
 
-def ratios(per_epoch: dict[str, list[float]]) -> dict:
-    """Each distilled run's epochs over the scratch student's median epoch; the memoized run's
-    first epoch (the teacher's one pass) apart from its later ones."""
-    scratch, memo = statistics.median(per_epoch["scratch"]), per_epoch["distilled_memo"]
-    return {"memo_first_epoch": memo[0] / scratch,
-            "memo_later_epochs": statistics.median(memo[1:]) / scratch if len(memo) > 1 else None,
-            "memo_all_epochs": sum(memo) / sum(per_epoch["scratch"]),
-            "live_epochs": statistics.median(per_epoch["distilled_live"]) / scratch}
+def ratios(per_epoch: dict[str, list[list[float]]]) -> dict:
+    """Distilled epochs over the scratch student's median epoch, pooled over the repeats, and
+    per repeat (each memoized run over the scratch run just before it); the memoized run's first
+    epoch (the teacher's one pass) apart from its later ones."""
+    scratch, memo = per_epoch["scratch"], per_epoch["distilled_memo"]
+    median = statistics.median
+    pooled_scratch = median([s for run in scratch for s in run])
+    later = [s for run in memo for s in run[1:]]
+    return {"memo_first_epoch": median([run[0] for run in memo]) / pooled_scratch,
+            "memo_later_epochs": median(later) / pooled_scratch if later else None,
+            "memo_later_epochs_per_repeat": [median(m[1:]) / median(s) for s, m in zip(scratch, memo) if len(m) > 1],
+            "memo_all_epochs": sum(map(sum, memo)) / sum(map(sum, scratch)),
+            "live_epochs": median(per_epoch["distilled_live"][0]) / pooled_scratch}
 
 
 def bench_cli(epochs: int, out: Path) -> dict:
@@ -178,26 +197,28 @@ def table(report: dict) -> str:
     d = report["demo"]
     p, ep, cpu = d["phases"], d["epoch_seconds"], d["epoch_cpu_seconds"]
 
-    def run(name: str) -> str:
-        return (f"{', '.join(f'{s:.1f}' for s in ep[name])} | {', '.join(f'{s:.1f}' for s in cpu[name])}")
+    def run(name: str, r: int) -> str:
+        return f"{', '.join(f'{s:.2f}' for s in ep[name][r])} | {', '.join(f'{s:.2f}' for s in cpu[name][r])}"
 
     def ratio(r: dict) -> str:
         later = "-" if r["memo_later_epochs"] is None else f"{r['memo_later_epochs']:.2f}"
-        return f"first {r['memo_first_epoch']:.2f}, later {later}, all {r['memo_all_epochs']:.2f}"
+        each = "/".join(f"{x:.2f}" for x in r["memo_later_epochs_per_repeat"])
+        return f"first {r['memo_first_epoch']:.2f}, later {later} (per pair {each or '-'}), all {r['memo_all_epochs']:.2f}"
 
     wall_r, cpu_r = d["ratios_to_scratch_epoch"], d["cpu_ratios_to_scratch_epoch"]
-    lines = [f"demo pair, {report['config']['epochs']} epochs each (torch threads "
-             f"{report['machine']['torch_threads']}); ratios: epochs over the scratch student's median epoch", "",
-             "| part | wall s | wall s per epoch | CPU s per epoch | x scratch epoch (wall; CPU) |",
-             "|---|---|---|---|---|",
-             f"| data | {p['data_s']:.1f} | | | |",
-             f"| scratch student | {p['scratch_s']:.1f} | {run('scratch')} | 1 |",
-             f"| distilled, memoized teacher (default) | {p['distilled_memo_s']:.1f} | {run('distilled_memo')} | "
-             f"{ratio(wall_r)}; {ratio(cpu_r)} |",
-             f"| distilled, live teacher | {p['distilled_live_s']:.1f} | {run('distilled_live')} | "
-             f"{wall_r['live_epochs']:.2f}; {cpu_r['live_epochs']:.2f} |",
-             f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | | |",
-             f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | | |"]
+    lines = [f"demo pair, {report['config']['epochs']} epochs each, {d['repeats']} alternating pair(s) (torch threads "
+             f"{report['machine']['torch_threads']}); ratios: epochs over the scratch student's median epoch, pooled",
+             "", "| part | wall s | wall s per epoch | CPU s per epoch |", "|---|---|---|---|",
+             f"| data | {p['data_s']:.1f} | | |"]
+    for r in range(d["repeats"]):
+        lines += [f"| scratch student, pair {r + 1} | {p['scratch_s'][r]:.1f} | {run('scratch', r)} |",
+                  f"| distilled, memoized teacher (default), pair {r + 1} | {p['distilled_memo_s'][r]:.1f} | "
+                  f"{run('distilled_memo', r)} |"]
+    lines += [f"| distilled, live teacher | {p['distilled_live_s']:.1f} | {run('distilled_live', 0)} |",
+              f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | |",
+              f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | |", "",
+              f"memoized epochs over scratch epochs: wall {ratio(wall_r)}; CPU {ratio(cpu_r)}",
+              f"live epochs over scratch epochs: wall {wall_r['live_epochs']:.2f}; CPU {cpu_r['live_epochs']:.2f}"]
     if "setup" in report:
         lines += ["", "| fresh set-up | seconds |", "|---|---|"]
         lines += [f"| {k.replace('_', ', ')} cache | {v['wall_s']:.0f} |" for k, v in report["setup"].items()]
@@ -208,6 +229,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 epochs instead of the demo's 6, same code path")
     ap.add_argument("--epochs", type=int, default=None)
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="alternating scratch / memoized pairs (default 3; 1 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--setup", action="store_true", help="also time four fresh set-ups (10-15 minutes)")
     ap.add_argument("--out", type=Path, default=None)
@@ -220,13 +243,14 @@ def main() -> None:
     from kdistill.precision import cpu_flags
 
     with tempfile.TemporaryDirectory() as tmp:
-        demo = bench_demo(epochs, Path(tmp) / "demo")
+        demo = bench_demo(epochs, Path(tmp) / "demo", args.repeats or (1 if args.quick else 3))
         cli = bench_cli(epochs, Path(tmp) / "cli")
         setup = bench_setup(Path(tmp) / "setup") if args.setup else None
     report = {
         "benchmark": "demo_speed", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {"preset": "kdistill/presets/mnist_demo.yaml", "epochs": epochs, "seed": 0, "quick": args.quick,
+        "config": {"preset": "kdistill/presets/mnist_demo.yaml", "epochs": epochs,
+                   "repeats": demo["repeats"], "seed": 0, "quick": args.quick,
                    "targets": {"demo_after_setup_s": 45, "distilled_epoch_over_scratch": 1.3}},
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
                     "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),

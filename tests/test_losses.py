@@ -108,15 +108,16 @@ def test_unlabeled_samples_add_soft_targets_but_no_hard_term():
     torch.testing.assert_close(total, 0.7 * terms["soft"] + 0.3 * expected_hard)
 
 
+@pytest.mark.parametrize("classes", [6, 20])  # below 16 classes the node works on a (classes, rows) copy
 @pytest.mark.parametrize("T, w_soft, w_hard", [(1.0, 0.7, 0.3), (4.0, 0.7, 0.3), (20.0, 1.0, 0.0), (2.0, 0.2, 1.0)])
-def test_summed_objective_is_one_fused_node_with_the_composed_value_and_gradient(T, w_soft, w_hard):
+def test_summed_objective_is_one_fused_node_with_the_composed_value_and_gradient(T, w_soft, w_hard, classes):
     """reduction="sum" with dense teacher logits (the classification task's call) goes through
     the fused node: the same value and gradient as the composed terms, gradcheck in float64,
     unlabelled samples adding no hard gradient, and the teacher's entropy at T as a term."""
     g = torch.Generator().manual_seed(3)
-    s = (torch.randn(7, 6, generator=g, dtype=torch.float64) * 3).requires_grad_()
-    t = torch.randn(7, 6, generator=g, dtype=torch.float64) * 5
-    y = torch.tensor([0, 5, UNLABELED, 2, 1, UNLABELED, 4])
+    s = (torch.randn(7, classes, generator=g, dtype=torch.float64) * 3).requires_grad_()
+    t = torch.randn(7, classes, generator=g, dtype=torch.float64) * 5
+    y = torch.tensor([0, 5, UNLABELED, 2, 1, UNLABELED, classes - 1])
     loss, terms = kd_objective(s, t, y, temperature=T, soft_weight=w_soft, hard_weight=w_hard, reduction="sum")
     assert loss.grad_fn.name() == "_SummedKDBackward"
     want = w_soft * soft_target_kl(s, t, T, "sum") + (w_hard * hard_cross_entropy(s, y, "sum") if w_hard else 0)

@@ -136,12 +136,12 @@ class Batches(EpochBatches):
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         aug_gen = torch.Generator().manual_seed(self.seed * 7_000_009 + self.epoch + 1)
         for idx in self.index_batches():
-            inputs = self.split.inputs[idx]
+            inputs = self.split.inputs.index_select(0, idx)  # a third of advanced indexing's cost
             if self.augment == "jitter":
                 inputs = jitter(inputs, self.jitter_pixels, aug_gen)
             elif self.augment == "affine":
                 inputs = random_affine(inputs, self.jitter_pixels, *self.affine, aug_gen)
-            batch = {"inputs": inputs, "labels": self.split.labels[idx], "index": idx}
+            batch = {"inputs": inputs, "labels": self.split.labels.index_select(0, idx), "index": idx}
             if self.fingerprints:
-                batch["input_fingerprint"] = self.split.fingerprints()[idx]
+                batch["input_fingerprint"] = self.split.fingerprints().index_select(0, idx)
             yield batch

@@ -72,13 +72,14 @@ class TableStore:
 
     def get(self, index: torch.Tensor, keys: torch.Tensor) -> dict[str, torch.Tensor] | None:
         """The rows of these samples, or None unless every one is stored for the same inputs."""
-        if not self.fields or int(index.max()) >= self.capacity:
+        top = int(index.max()) if self.fields else self.capacity
+        if top >= self.capacity:
             return None
-        if not (self.filled[index].all() and torch.equal(self.keys[index], keys)):
+        if not (self.filled.index_select(0, index).all() and torch.equal(self.keys.index_select(0, index), keys)):
             return None
+        if top < self.memory_rows:  # index_select: a third of advanced indexing's cost on a batch
+            return {name: self.memory[name].index_select(0, index) for name in self.fields}
         here = index < self.memory_rows
-        if here.all():
-            return {name: self.memory[name][index] for name in self.fields}
         out = {}
         for name, (dtype, shape, _) in self.fields.items():
             t = torch.empty(len(index), *shape, dtype=dtype)
