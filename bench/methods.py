@@ -32,11 +32,14 @@ from pathlib import Path
 
 import torch
 
+from kdistill import distributed
 from kdistill.config import RunConfig
 from kdistill.data import Batches, build_data
+from kdistill.engine import Engine
 from kdistill.models import build_model, load_weights
 from kdistill.runs import distill, train
-from kdistill.runs.roles import trained
+from kdistill.runs.recipes import recipe_for
+from kdistill.runs.roles import role_config, trained
 from kdistill.tasks import ClassificationTask
 from kdistill.teachers import combine_logits
 
@@ -148,32 +151,82 @@ def summarise(records: list[dict], kd_seconds: float | None) -> dict:
             "per_seed": {str(r["seed"]): r["accuracy"] for r in records}}
 
 
-def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None) -> dict:
+def step_costs(cfgs: dict[str, RunConfig], data, steps: int, rounds: int) -> dict[str, dict]:
+    """Each row's training step once its teacher's outputs are memoized (every epoch after the
+    first), in milliseconds: one engine per row on the same ``steps`` batches, the rows taking
+    turns for ``rounds`` rounds (the median round counts), so that the machine's drift over
+    minutes, which swings whole-run epoch times by a third, falls on every row alike. Also the
+    teacher's pass per batch (the first epoch's extra cost: one pass per ensemble member)."""
+    engines, teacher_ms = {}, {}
+    with distributed.session("cpu") as ctx:
+        for row, cfg in cfgs.items():
+            role = "scratch" if row == "scratch" else "distilled"
+            cfg = role_config(cfg, role)
+            torch.manual_seed(cfg.seed)
+            plan = recipe_for(cfg).plan(cfg, data, role, ctx)
+            engine = Engine(cfg, plan.model, plan.task, plan.train_batches, teacher=plan.teacher,
+                            objective=plan.objective, out_dir=Path(os.devnull), num_outputs=plan.num_outputs)
+            engine.train_batches.set_epoch(0)
+            batches = [b for _, b in zip(range(steps), engine.train_batches)]
+            if engine.teacher is not None:
+                t0 = time.perf_counter()
+                for b in batches:
+                    engine.teacher.outputs(b)  # the first epoch's pass, memoized for the rounds
+                teacher_ms[row] = 1e3 * (time.perf_counter() - t0) / len(batches)
+            engines[row] = (engine, batches, engine.hparams(engine.total_steps // 2))  # every term switched on
+        per_round: dict[str, list[float]] = {row: [] for row in engines}
+        for _ in range(rounds + 1):  # round 0 warms up
+            for row, (engine, batches, hp) in engines.items():
+                t0 = time.perf_counter()
+                for b in batches:
+                    engine.train_step([b], hp)
+                per_round[row].append(1e3 * (time.perf_counter() - t0) / len(batches))
+        for engine, _, _ in engines.values():
+            engine.objective.close()
+    kd = statistics.median(per_round["kd"][1:]) if "kd" in per_round else None
+    return {row: {"step_ms": statistics.median(ms[1:]), "step_vs_kd": statistics.median(ms[1:]) / kd if kd else None,
+                  "rounds_ms": ms[1:], **({"teacher_pass_ms_per_batch": teacher_ms[row]} if row in teacher_ms else {})}
+            for row, ms in per_round.items()}
+
+
+def row_config(row: str, records: dict) -> RunConfig | None:
+    """The row's config (``kd_best``: KD plus the terms of the most accurate feature row so far)."""
+    if row != "kd_best":
+        return RunConfig.from_yaml(ROOT / "configs" / f"methods_{FASHION_ROWS[row]}.yaml")
+    done = {r: statistics.fmean(x["accuracy"] for x in records[r]) for r in FEATURE_ROWS if r in records}
+    if not done:
+        return None
+    best = max(done, key=done.get)
+    cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml")
+    terms = RunConfig.from_yaml(ROOT / "configs" / f"methods_{FASHION_ROWS[best]}.yaml").loss.terms
+    cfg.loss = cfg.loss.model_copy(update={"terms": terms})
+    cfg.name = f"methods-kd-{best}"
+    return cfg
+
+
+def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
+                  timing: tuple[int, int] | None = None) -> dict:
     data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
                       quick)
     teachers = fashion_teachers(out, data, quick, epochs)
     ensemble = combine_logits([teachers[s] for s in TEACHER_SEEDS], [1 / 3] * 3, "mean_probs", 4.0)
     records: dict[str, list[dict]] = {}
-    for row, name in FASHION_ROWS.items():
+    cfgs: dict[str, RunConfig] = {}
+    for row in FASHION_ROWS:
         if row not in rows:
             continue
-        if row == "kd_best":
-            done = {r: statistics.fmean(x["accuracy"] for x in records[r]) for r in FEATURE_ROWS if r in records}
-            if not done:
-                continue
-            best = max(done, key=done.get)
-            cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml")
-            terms = RunConfig.from_yaml(ROOT / "configs" / f"methods_{FASHION_ROWS[best]}.yaml").loss.terms
-            cfg.loss = cfg.loss.model_copy(update={"terms": terms})
-            cfg.name = f"methods-kd-{best}"
-        else:
-            cfg = RunConfig.from_yaml(ROOT / "configs" / f"methods_{name}.yaml")
+        if (cfg := row_config(row, records)) is None:
+            continue
         cfg = point_teachers(shrink(cfg, quick, epochs), out)
+        cfgs[row] = cfg
         records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
                                     out / row / f"seed{s}", ensemble if row == "ensemble" else teachers[0])
                         for s in seeds]
     kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
     table = {row: summarise(recs, kd) for row, recs in records.items()}
+    if timing and "kd" in cfgs:
+        for row, cost in step_costs(cfgs, data, *timing).items():
+            table[row].update(cost)
     if "kd_best" in table:
         table["kd_best"]["feature_method"] = records["kd_best"][0]["config"]["name"].removeprefix("methods-kd-")
     table["teacher_seed0"] = {"accuracy_mean": float((teachers[0].argmax(-1) == data.test.labels).float().mean())}
@@ -206,13 +259,15 @@ def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs
 
 def print_table(title: str, table: dict, kd_row: str = "kd") -> None:
     print(f"\n{title}")
-    print(f"{'row':<24}{'test accuracy':>22}{'agreement':>11}{'epoch time vs KD':>18}")
+    print(f"{'row':<24}{'test accuracy':>22}{'agreement':>11}{'epoch time vs KD':>18}{'step vs KD':>12}")
     ranked = sorted((r for r in table if "per_seed" in table[r]), key=lambda r: -table[r]["accuracy_mean"])
     for row in ranked:
         f = table[row]
         name = row + (f" ({f['feature_method']})" if "feature_method" in f else "")
         rel = f"{f['epoch_time_vs_kd']:.2f}x" if f.get("epoch_time_vs_kd") else "-"
-        print(f"{name:<24}{f['accuracy_mean']:>14.4f} ± {f['accuracy_std']:.4f}{f['agreement_mean']:>11.4f}{rel:>18}")
+        step = f"{f['step_vs_kd']:.2f}x" if f.get("step_vs_kd") else "-"
+        print(f"{name:<24}{f['accuracy_mean']:>14.4f} ± {f['accuracy_std']:.4f}{f['agreement_mean']:>11.4f}{rel:>18}"
+              f"{step:>12}")
     for row in (r for r in table if r.startswith("teacher")):
         print(f"{row:<24}{table[row]['accuracy_mean']:>14.4f}")
 
@@ -230,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
+    p.add_argument("--timing", default=None, help="steps,rounds of the Fashion rows' step timing "
+                   "(default 40,7; --quick 10,2; 0 skips it)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/methods-fmnist[-quick])")
     p.add_argument("--json", type=Path, default=None, help="results (default bench/results/methods[_quick].json)")
     args = p.parse_args(argv)
@@ -244,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     if tables - {"fashion_mnist", "mnist"}:
         p.error(f"--tables: fashion_mnist and/or mnist, got {args.tables!r}")
     empty = {"table": {}, "train_samples": 0, "test_samples": 0}
-    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs) if "fashion_mnist" in tables else empty
+    timing = tuple(int(x) for x in (args.timing or ("10,2" if args.quick else "40,7")).split(","))
+    timing = timing if timing[0] > 0 else None
+    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs, timing) if "fashion_mnist" in tables else empty
     mnist = mnist_table(out, rows, seeds, args.quick, args.epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -252,12 +311,18 @@ def main(argv: list[str] | None = None) -> int:
               "configs": {row: f"configs/methods_{name}.yaml" for row, name in FASHION_ROWS.items() if name},
               "mnist_losses": MNIST_LOSSES, "wall_seconds": round(time.perf_counter() - t0, 1),
               "machine": {**info, "loadavg_at_end": os.getloadavg()}}
+    if json_path.is_file():  # a table not run now keeps the figures of the run that made it
+        earlier = json.loads(json_path.read_text())
+        for name in ("fashion_mnist", "mnist"):
+            if name not in tables and earlier.get(name, {}).get("table"):
+                result[name] = {**earlier[name], "from_earlier_run": earlier.get(f"{name}_date", earlier["date"])}
+                result[f"{name}_date"] = earlier.get(f"{name}_date", earlier["date"])
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(result, indent=2))
     quick = "  [QUICK: tiny subset, 1 epoch, not comparable]" if args.quick else ""
     print_table(f"Fashion-MNIST, CNN teacher -> small CNN, {len(seeds)} seed(s), last-epoch test accuracy "
-                f"({fashion['test_samples']} images){quick}", fashion["table"])
-    print_table(f"MNIST, bundled ccexam CNN -> MLP 784-256-10{quick}", mnist["table"])
+                f"({result['fashion_mnist']['test_samples']} images){quick}", result["fashion_mnist"]["table"])
+    print_table(f"MNIST, bundled ccexam CNN -> MLP 784-256-10{quick}", result["mnist"]["table"])
     print(f"\n{result['wall_seconds']:.0f}s; wrote {json_path}")
     return 0
 

@@ -48,16 +48,18 @@ FULL = {"train_size": 2000, "test_size": 200}
 
 
 def load(name: str, out: Path, quick: bool, sample_temperature: float | None = None,
-         teacher_steps: int | None = None) -> RunConfig:
+         teacher_steps: int | None = None, student_steps: int | None = None) -> RunConfig:
     """configs/reasoning_NAME.yaml with its paths under ``out``; --quick shrinks steps and sizes;
     ``sample_temperature`` replaces the temperature traces are drawn at, ``teacher_steps`` the
-    teacher's training steps."""
+    teacher's training steps, ``student_steps`` every student's."""
     text = (ROOT / "configs" / f"reasoning_{name}.yaml").read_text().replace("runs/reasoning", str(out))
     raw = yaml.safe_load(text)
     if sample_temperature is not None and raw.get("generate"):
         raw["generate"]["temperature"] = sample_temperature
     if teacher_steps is not None and name == "teacher":
         raw["train"]["max_steps"] = teacher_steps
+    if student_steps is not None and name != "teacher":
+        raw["train"]["max_steps"] = student_steps
     raw["train"]["progress"] = False
     if quick:
         q = QUICK
@@ -105,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher-steps", type=int, default=None,
                    help="train the teacher this many steps (the config: 1500); fewer leave an imperfect teacher, "
                         "whose greedy answers are often wrong while some samples are right: R1's setting")
+    p.add_argument("--student-steps", type=int, default=None,
+                   help="train every student this many steps (the configs: 800); fewer leave the traces "
+                        "student below the ceiling, where a denser teacher signal (KD) can show")
     p.add_argument("--out", type=Path, default=None, help="run directory (default runs/reasoning-bench[-quick])")
     p.add_argument("--json", type=Path, default=None, help="results file (default bench/results/reasoning[_quick].json)")
     args = p.parse_args(argv)
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown recipes {sorted(unknown)}; choose from {','.join(RECIPES)}")
     info, t0 = machine(), time.perf_counter()
     teacher = load("teacher", out, args.quick, args.sample_temperature, args.teacher_steps)
-    recipes = {n: load(n, out, args.quick, args.sample_temperature) for n in names}
+    recipes = {n: load(n, out, args.quick, args.sample_temperature, student_steps=args.student_steps) for n in names}
     sizes = QUICK if args.quick else FULL
     result = run_study(teacher, recipes, seeds, task="add", train_size=sizes["train_size"],
                        test_size=sizes["test_size"], unfiltered_cfg=recipes.get("unfiltered"),

@@ -151,3 +151,22 @@ def test_bad_inputs_are_refused_with_the_fix():
         rkd_angle(_randn(2, 3), _randn(2, 3))
     with pytest.raises(ValueError, match="same batch"):
         pkt(_randn(3, 3), _randn(4, 3))
+
+
+def test_rkd_angle_on_a_subset_of_vertices_is_the_reference_share_scaled_and_unbiased():
+    """vertices = m: the first m samples' reference shares times N / m, zero for the others (so
+    sum and mean keep the full loss's scale); averaged over every choice of which samples come
+    first (what shuffled batches do) it is the full loss; gradcheck holds."""
+    s, t = _randn(6, 3, seed=21), _randn(6, 5, seed=22)
+    ref = rkd_angle_reference(s, t)
+    got = rkd_angle(s, t, reduction="none", vertices=2)
+    torch.testing.assert_close(got, torch.cat([ref[:2] * 3, torch.zeros(4, dtype=torch.float64)]))
+    torch.testing.assert_close(rkd_angle(s, t, "mean", vertices=2), got.mean())
+    rotations = [torch.roll(torch.arange(6), -r) for r in range(0, 6, 2)]  # each sample a vertex once
+    mean = sum(rkd_angle(s[o], t[o], "sum", vertices=2) for o in rotations) / len(rotations)
+    torch.testing.assert_close(mean, ref.sum())
+    torch.testing.assert_close(rkd_angle(s, t, "none", vertices=6), ref)  # m >= N: the full loss
+    x = s.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: rkd_angle(v, t, "none", vertices=3), (x,))
+    with pytest.raises(ValueError, match="vertices"):
+        rkd_angle(s, t, vertices=0)

@@ -14,7 +14,7 @@ from kdistill.data.text import TextBatches, build_text_data, encode
 from kdistill.losses import TopKLogits
 from kdistill.models import build_model
 from kdistill.models.text import build_text_model, load_tokenizer
-from kdistill.teachers import LiveTeacher, TeacherSource
+from kdistill.teachers import EnsembleTeacher, LiveTeacher, TeacherSource
 from kdistill.teachers.memo import MemoizedTeacher, default_source, reuse_decision
 from kdistill.teachers.text import TextTeacher
 
@@ -225,3 +225,21 @@ def test_runs_given_the_same_teacher_share_its_outputs(data):
     first.logits(dict(batch))
     second.logits(dict(batch))
     assert source.model.samples == 8 and second.served == 8
+
+
+def test_an_ensemble_of_frozen_teachers_runs_once_and_one_live_member_keeps_it_live(data, tmp_path):
+    """Every member frozen: the combined outputs are memoized (each member runs once per sample);
+    a member in training mode makes the ensemble's outputs able to change, so it stays live."""
+    cfg = image_config(tmp_path)
+    models = [counted_teacher(data) for _ in range(2)]
+    ensemble = EnsembleTeacher([LiveTeacher(m, num_outputs=10) for m in models], temperature=4.0)
+    memo = default_source(cfg, ensemble, echo=False)
+    assert memo.reuse
+    batch = {"inputs": data.train.inputs[:8], "labels": data.train.labels[:8], "index": torch.arange(8)}
+    first = memo.logits(dict(batch))
+    torch.testing.assert_close(memo.logits(dict(batch)), first)
+    torch.testing.assert_close(first, ensemble.logits(dict(batch)))
+    assert [m.samples for m in models] == [16, 16] and memo.served == 8  # one memo pass + the direct call
+    members = [LiveTeacher(m, num_outputs=10) for m in models]
+    members[1].model.train()
+    assert default_source(cfg, EnsembleTeacher(members), echo=False).reuse is False

@@ -79,11 +79,16 @@ class FeatureTerm(Strict):
     weight: ScheduleSpec = 1.0
     name: Optional[str] = Field(None, description="logged as <name> and <name>_weight; default: kind")
     p: Optional[float] = Field(None, gt=0, description="attention: the power of |f| in the map (default 2)")
+    vertices: Optional[int] = Field(
+        None, ge=1, description="rkd_angle: angles at the batch's first `vertices` samples only, O(m N^2) "
+                                "work instead of O(N^3) (an unbiased estimate on shuffled batches); default all")
 
     @model_validator(mode="after")
     def _fits_kind(self):
         if self.p is not None and self.kind != "attention":
             raise ValueError(f"p applies to kind attention only (kind is {self.kind}): remove it")
+        if self.vertices is not None and self.kind != "rkd_angle":
+            raise ValueError(f"vertices applies to kind rkd_angle only (kind is {self.kind}): remove it")
         if self.name in RESERVED_NAMES:
             raise ValueError(f"name {self.name!r} is taken by a logged value: choose another")
         return self

@@ -92,7 +92,7 @@ class _SummedKD(torch.autograd.Function):
     def backward(ctx, grad_loss, *_):
         (grad,) = ctx.saved_tensors
         grad = grad * grad_loss
-        return grad.t().contiguous() if ctx.transposed else grad, None, None, None, None, None
+        return grad.t() if ctx.transposed else grad, None, None, None, None, None
 
 
 def kd_objective(

@@ -73,8 +73,9 @@ def _term(i: int, cfg, s_shape: tuple, t_shape: tuple, batch_size: int) -> Term:
             return hint_mse(connector(s) if connector is not None else s, t, reduction="sum")
         if kind == "attention":
             return attention_transfer(s, t, p, reduction="sum")
-        loss = {"rkd_distance": rkd_distance, "rkd_angle": rkd_angle, "pkt": pkt}[kind]
-        return loss(s, t, reduction="sum")
+        if kind == "rkd_angle":
+            return rkd_angle(s, t, reduction="sum", vertices=cfg.vertices)
+        return {"rkd_distance": rkd_distance, "pkt": pkt}[kind](s, t, reduction="sum")
 
     return Term(cfg.label, cfg.weight, fn, module=connector)
 

@@ -49,6 +49,15 @@ def reuse_decision(*, augment: str = "none", teacher_frozen: bool, on_policy: bo
 
 
 def _frozen(source: TeacherSource) -> bool:
+    """Whether the source's outputs on an input cannot change: a model in eval mode with no
+    trainable weight, a cache, or an ensemble whose every member is one of these."""
+    from kdistill.teachers.cache import CachedTeacher
+
+    if isinstance(source, CachedTeacher):
+        return True
+    members = getattr(source, "sources", None)  # EnsembleTeacher
+    if members is not None:
+        return all(_frozen(m) for m in members)
     model = getattr(source, "model", None)  # sources backed by a model: LiveTeacher, TextTeacher
     return isinstance(model, torch.nn.Module) and not model.training and not any(
         p.requires_grad for p in model.parameters())
