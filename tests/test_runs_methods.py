@@ -89,7 +89,9 @@ def test_an_ensemble_of_live_teachers(files, tmp_path):
     teacher = {"kind": "ensemble", "members": members, "weights": [2, 1], "temperature": 4}
     result = distill(config(files, tmp_path, {"temperature": 4}, teacher))
     described = json.loads((result.out_dir / "summary.json").read_text())["teacher"]
-    assert described["kind"] == "ensemble" and described["weights"] == pytest.approx([2 / 3, 1 / 3])
+    assert described["kind"] == "memoized" and described["computed"] > 0  # frozen members: once per sample
+    ensemble = described["source"]
+    assert ensemble["kind"] == "ensemble" and ensemble["weights"] == pytest.approx([2 / 3, 1 / 3])
     with pytest.raises(ConfigError, match=r"teacher.members\[0\].model.weights is not set"):
         distill(config(files, tmp_path / "b", None, {"kind": "ensemble", "members": [{"model": TEACHER}]}))
     with pytest.raises(ConfigError, match="gives logits only"):
