@@ -127,6 +127,7 @@ def test_dist_loss_is_ce_plus_dist(batch):
     ({"method": "dkd", "soft_weight": 0.5}, "soft_weight applies to method kd"),
     ({"method": "dist", "temperature": {"kind": "per_sample"}}, "per_sample applies to method kd"),
     ({"terms": [{"kind": "hint", "student": "a", "teacher": "b", "p": 2}]}, "p applies to kind attention"),
+    ({"terms": [{"kind": "pkt", "student": "a", "teacher": "b", "vertices": 8}]}, "vertices applies to kind rkd_angle"),
     ({"terms": [{"kind": "pkt", "student": "a", "teacher": "b"}] * 2}, "give each its own `name`"),
 ])
 def test_another_methods_field_is_refused_in_one_line(raw, words):
