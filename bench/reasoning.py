@@ -91,7 +91,10 @@ def targets(recipes: dict) -> dict:
         if a not in recipes or b not in recipes:
             continue
         (ma, sa), (mb, sb) = em(a), em(b)
-        out[key] = {"met": ma - mb >= margin, "gap_points": 100 * (ma - mb), "beyond_seed_spread": abs(ma - mb) > sa + sb}
+        paired = [100 * (x - y) for x, y in zip(recipes[a]["exact_match"]["per_seed"],
+                                                recipes[b]["exact_match"]["per_seed"])]  # same seed, same data order
+        out[key] = {"met": ma - mb >= margin, "gap_points": 100 * (ma - mb), "beyond_seed_spread": abs(ma - mb) > sa + sb,
+                    "paired_gap_points": paired}
     return out
 
 
@@ -149,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"teacher / student parameters: {ratio:.1f}x")
     for key, t in (judged or {}).items():
         print(f"target {key}: {'met' if t['met'] else 'MISSED'} ({t['gap_points']:+.1f} points"
-              f"{', beyond the seed spread' if t['beyond_seed_spread'] else ', within the seed spread'})")
+              f"{', beyond the seed spread' if t['beyond_seed_spread'] else ', within the seed spread'}; "
+              f"paired by seed {', '.join(f'{g:+.1f}' for g in t['paired_gap_points'])})")
     print(f"{record['wall_seconds_this_invocation']:.0f}s this invocation; wrote {json_path}")
     return 0
 
