@@ -6,8 +6,10 @@ training image) and with the live teacher (``teacher.reuse: off``: the teacher r
 batch), each for the demo's epochs; then the evaluation with the report; then the command itself,
 ``kdistill demo``, end to end in a fresh process (what a user waits for once set-up is done).
 Per-epoch seconds give the distilled student's epochs over the scratch student's: the scratch and
-memoized runs alternate three times (``--repeats``) and the ratio pools their epochs, since this
-machine's speed drifts by a third over minutes and one pair alone swings the ratio by as much.
+memoized runs train in two processes that take turns epoch by epoch (only one runs at a time), and
+each later distilled epoch is divided by the scratch epoch just before it. This machine's speed
+drifts by a third over minutes and steps down mid-run: two runs one after the other swung the
+ratio from 0.8 to 2.1 x, adjacent epochs do not.
 
 Targets (issue 21): the demo after set-up <= 45 s on 2 cores; the distilled student's epochs
 <= 1.3 x the scratch student's.
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -72,16 +75,73 @@ class EpochClock:
         return [b - a for a, b in zip(self.marks, self.marks[1:])]
 
 
-def clocked(fn):
-    """``fn()`` with an EpochClock among the engine's loggers; (result, per-epoch CPU seconds)."""
-    from kdistill import engine
+class TurnTaker(EpochClock):
+    """The EpochClock of one of two runs, each in its own process, that hands the turn to the
+    other after each epoch (``turns``: one semaphore per run, ``done``: one flag per run), so
+    that only one runs at a time and each epoch is timed next to the other's."""
 
-    clock, opened = EpochClock(), engine.open_loggers
-    engine.open_loggers = lambda cfg, out_dir: [*opened(cfg, out_dir), clock]
+    def __init__(self, me: str, other: str, turns: dict, done: dict):
+        super().__init__()
+        self.me, self.other, self.turns, self.done = me, other, turns, done
+        self.waited = 0.0  # wall seconds spent waiting for the other's epochs
+
+    def log_eval(self, summary: dict) -> None:
+        super().log_eval(summary)
+        if not self.done[self.other].value:
+            start = time.perf_counter()
+            self.turns[self.other].release()
+            self.turns[self.me].acquire()
+            self.waited += time.perf_counter() - start
+        self.marks.append(time.process_time())
+
+    def epochs(self) -> list[float]:
+        return [b - a for a, b in zip(self.marks[0::2], self.marks[1::2])]  # (start, end) pairs
+
+
+def _take_turns(me: str, other: str, epochs: int, out: str, turns: dict, done: dict, results) -> None:
+    """One run of the pair, in a process of its own (threads would share one OpenMP pool: a run
+    in a second thread took 2-3 x as long)."""
+    from kdistill import runs
+    from kdistill.data import build_data
+
+    cfg = demo_config(Path(out).parent / f".{me}-lock", epochs)  # a run locks its output_dir: one each
+    turns[me].acquire()
     try:
-        return fn(), clock.epochs()
+        data = build_data(cfg.data)
+        clock = TurnTaker(me, other, turns, done)
+        start = time.perf_counter()
+        fit = runs.train if me == "scratch" else runs.distill
+        kwargs = {"role": "scratch"} if me == "scratch" else {}
+        result = fit(cfg, data=data, out_dir=Path(out), loggers=[clock], **kwargs)
+        results.put((me, [h["seconds"] for h in result.history], clock.epochs(),
+                     time.perf_counter() - start - clock.waited, None))
+    except BaseException as err:
+        results.put((me, None, None, None, repr(err)))
     finally:
-        engine.open_loggers = opened
+        done[me].value = 1
+        turns[other].release()
+
+
+def side_by_side(epochs: int, out: Path) -> dict:
+    """The scratch and memoized students of the demo, taking turns epoch by epoch, into
+    ``out/scratch`` and ``out/distilled``: per run (epoch seconds, per-epoch CPU s, its own wall s)."""
+    ctx = multiprocessing.get_context("spawn")
+    turns = {"scratch": ctx.Semaphore(1), "distilled": ctx.Semaphore(0)}
+    done = {name: ctx.Value("i", 0) for name in turns}
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_take_turns, args=(me, other, epochs, str(out / me), turns, done, results))
+             for me, other in (("scratch", "distilled"), ("distilled", "scratch"))]
+    for proc in procs:
+        proc.start()
+    found = {}
+    for _ in procs:
+        me, seconds, cpu, wall, error = results.get()
+        if error:
+            raise SystemExit(f"the {me} run failed: {error}")
+        found[me] = (seconds, cpu, wall)
+    for proc in procs:
+        proc.join()
+    return found
 
 
 def demo_config(out: Path, epochs: int):
@@ -94,9 +154,9 @@ def demo_config(out: Path, epochs: int):
 
 
 def bench_demo(epochs: int, out: Path, repeats: int) -> dict:
-    """The scratch and memoized students ``repeats`` times, alternating (this machine's speed
-    drifts by a third over minutes: pairs close in time, pooled, cancel most of it), then the
-    live teacher once, the evaluation and the report."""
+    """The scratch and memoized students ``repeats`` times, the two of a pair taking turns epoch
+    by epoch in two processes (``side_by_side``), then the live teacher once, the evaluation and
+    the report."""
     from kdistill import runs
     from kdistill.data import build_data
     from kdistill.report import write_report
@@ -105,24 +165,18 @@ def bench_demo(epochs: int, out: Path, repeats: int) -> dict:
     data, t_data, _ = timed(lambda: build_data(cfg.data))
     phases, epochs_s, cpu = {"data_s": t_data}, {"scratch": [], "distilled_memo": []}, {"scratch": [], "distilled_memo": []}
     for r in range(repeats):  # the first pair in the run's own folders (evaluated below), later ones apart
-        where = {} if r == 0 else {"out_dir": out / f"repeat-{r}"}
-        (scratch, c), wall, _ = timed(lambda: clocked(lambda: runs.train(
-            cfg, role="scratch", data=data, **{k: v / "scratch" for k, v in where.items()})))
-        phases.setdefault("scratch_s", []).append(wall)
-        epochs_s["scratch"].append([h["seconds"] for h in scratch.history])
-        cpu["scratch"].append(c)
-        (memo, c), wall, _ = timed(lambda: clocked(lambda: runs.distill(
-            cfg, data=data, **{k: v / "distilled" for k, v in where.items()})))
-        phases.setdefault("distilled_memo_s", []).append(wall)
-        epochs_s["distilled_memo"].append([h["seconds"] for h in memo.history])
-        cpu["distilled_memo"].append(c)
-        if r == 0:
-            first_memo = memo
+        pair = side_by_side(epochs, out if r == 0 else out / f"repeat-{r}")
+        for role, key in (("scratch", "scratch"), ("distilled", "distilled_memo")):
+            seconds, c, wall = pair[role]
+            phases.setdefault(f"{key}_s", []).append(wall)  # its own set-up and epochs, not the other's
+            epochs_s[key].append(seconds)
+            cpu[key].append(c)
     live_cfg = cfg.model_copy(deep=True)
     live_cfg.teacher.reuse = "off"
-    (live, c), phases["distilled_live_s"], _ = timed(
-        lambda: clocked(lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live")))
-    epochs_s["distilled_live"], cpu["distilled_live"] = [[h["seconds"] for h in live.history]], [c]
+    clock = EpochClock()
+    live, phases["distilled_live_s"], _ = timed(
+        lambda: runs.distill(live_cfg, data=data, out_dir=out / "distilled-live", loggers=[clock]))
+    epochs_s["distilled_live"], cpu["distilled_live"] = [[h["seconds"] for h in live.history]], [clock.epochs()]
     rows, phases["evaluate_and_report_s"], _ = timed(lambda: runs.evaluate_run(cfg, data))
     _, phases["report_alone_s"], _ = timed(lambda: write_report(out))
     teacher = json.loads((out / "distilled" / "summary.json").read_text())["teacher"]
@@ -132,22 +186,30 @@ def bench_demo(epochs: int, out: Path, repeats: int) -> dict:
         "memoized_teacher": {k: teacher[k] for k in ("computed", "served", "rows_in_memory", "bytes_in_memory",
                                                      "rows_on_disk")},
         "accuracy": {r.name: r.accuracy for r in rows},
-        "live_vs_memo_same_weights": all(
-            torch.equal(a, b) for a, b in zip(first_memo.model.state_dict().values(), live.model.state_dict().values())),
+        "live_vs_memo_same_weights": same_weights(out / "distilled", out / "distilled-live"),
     }
 
 
+def same_weights(a: Path, b: Path) -> bool:
+    from safetensors.torch import load_file
+
+    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
 def ratios(per_epoch: dict[str, list[list[float]]]) -> dict:
-    """Distilled epochs over the scratch student's median epoch, pooled over the repeats, and
-    per repeat (each memoized run over the scratch run just before it); the memoized run's first
-    epoch (the teacher's one pass) apart from its later ones."""
+    """Distilled epochs over scratch epochs: each later distilled epoch over the scratch epoch run
+    just before it (the pair takes turns: the headline), and the pooled medians; the memoized
+    run's first epoch (the teacher's one pass) apart from its later ones."""
     scratch, memo = per_epoch["scratch"], per_epoch["distilled_memo"]
     median = statistics.median
     pooled_scratch = median([s for run in scratch for s in run])
     later = [s for run in memo for s in run[1:]]
+    adjacent = [m / s for s_run, m_run in zip(scratch, memo) for s, m in zip(s_run[1:], m_run[1:])]
     return {"memo_first_epoch": median([run[0] for run in memo]) / pooled_scratch,
+            "memo_later_epochs_adjacent": median(adjacent) if adjacent else None,
+            "memo_later_epochs_adjacent_each": adjacent,
             "memo_later_epochs": median(later) / pooled_scratch if later else None,
-            "memo_later_epochs_per_repeat": [median(m[1:]) / median(s) for s, m in zip(scratch, memo) if len(m) > 1],
             "memo_all_epochs": sum(map(sum, memo)) / sum(map(sum, scratch)),
             "live_epochs": median(per_epoch["distilled_live"][0]) / pooled_scratch}
 
@@ -201,13 +263,16 @@ def table(report: dict) -> str:
         return f"{', '.join(f'{s:.2f}' for s in ep[name][r])} | {', '.join(f'{s:.2f}' for s in cpu[name][r])}"
 
     def ratio(r: dict) -> str:
-        later = "-" if r["memo_later_epochs"] is None else f"{r['memo_later_epochs']:.2f}"
-        each = "/".join(f"{x:.2f}" for x in r["memo_later_epochs_per_repeat"])
-        return f"first {r['memo_first_epoch']:.2f}, later {later} (per pair {each or '-'}), all {r['memo_all_epochs']:.2f}"
+        if r["memo_later_epochs"] is None:
+            return f"first {r['memo_first_epoch']:.2f}, all {r['memo_all_epochs']:.2f}"
+        each = ", ".join(f"{x:.2f}" for x in r["memo_later_epochs_adjacent_each"])
+        return (f"later epochs **{r['memo_later_epochs_adjacent']:.2f}** (median of each over the scratch epoch "
+                f"just before it: {each}; pooled medians {r['memo_later_epochs']:.2f}), "
+                f"first {r['memo_first_epoch']:.2f}, all {r['memo_all_epochs']:.2f}")
 
     wall_r, cpu_r = d["ratios_to_scratch_epoch"], d["cpu_ratios_to_scratch_epoch"]
-    lines = [f"demo pair, {report['config']['epochs']} epochs each, {d['repeats']} alternating pair(s) (torch threads "
-             f"{report['machine']['torch_threads']}); ratios: epochs over the scratch student's median epoch, pooled",
+    lines = [f"demo pair, {report['config']['epochs']} epochs each, {d['repeats']} pair(s) taking turns epoch by epoch "
+             f"(torch threads {report['machine']['torch_threads']})",
              "", "| part | wall s | wall s per epoch | CPU s per epoch |", "|---|---|---|---|",
              f"| data | {p['data_s']:.1f} | | |"]
     for r in range(d["repeats"]):
@@ -217,7 +282,8 @@ def table(report: dict) -> str:
     lines += [f"| distilled, live teacher | {p['distilled_live_s']:.1f} | {run('distilled_live', 0)} |",
               f"| evaluation + report | {p['evaluate_and_report_s']:.1f} (report {p['report_alone_s']:.1f}) | | |",
               f"| `kdistill demo` end to end | {report['cli']['wall_s']:.1f} | | |", "",
-              f"memoized epochs over scratch epochs: wall {ratio(wall_r)}; CPU {ratio(cpu_r)}",
+              f"memoized epochs over scratch epochs, wall: {ratio(wall_r)}", "",
+              f"CPU: {ratio(cpu_r)}", "",
               f"live epochs over scratch epochs: wall {wall_r['live_epochs']:.2f}; CPU {cpu_r['live_epochs']:.2f}"]
     if "setup" in report:
         lines += ["", "| fresh set-up | seconds |", "|---|---|"]
@@ -230,7 +296,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 epochs instead of the demo's 6, same code path")
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--repeats", type=int, default=None,
-                    help="alternating scratch / memoized pairs (default 3; 1 with --quick)")
+                    help="scratch / memoized pairs, each taking turns epoch by epoch (default 2; 1 with --quick)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--setup", action="store_true", help="also time four fresh set-ups (10-15 minutes)")
     ap.add_argument("--out", type=Path, default=None)
@@ -243,7 +309,7 @@ def main() -> None:
     from kdistill.precision import cpu_flags
 
     with tempfile.TemporaryDirectory() as tmp:
-        demo = bench_demo(epochs, Path(tmp) / "demo", args.repeats or (1 if args.quick else 3))
+        demo = bench_demo(epochs, Path(tmp) / "demo", args.repeats or (1 if args.quick else 2))
         cli = bench_cli(epochs, Path(tmp) / "cli")
         setup = bench_setup(Path(tmp) / "setup") if args.setup else None
     report = {
