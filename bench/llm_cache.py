@@ -100,25 +100,35 @@ def config(out: Path, dataset: str, seed: int, args) -> RunConfig:
 def encodings(args) -> dict[str, Encoding]:
     out = {}
     for k in args.ks:
-        for name in (f"plain k={k}", f"fp16 k={k}", f"u8 k={k}", *(f"u8 k={k} mass={m}" for m in args.masses)):
+        for name in (f"plain k={k}", f"fp16 k={k}", f"u8 k={k}", *(f"u8 k={k} mass={m}" for m in args.masses),
+                     f"prior k={k}", f"packed k={k} step=0.125"):
             out[name] = parse_encoding(name)
+    for p in args.min_probs:
+        out[f"packed k=128 min_p={p} step=0.125"] = parse_encoding(f"packed k=128 min_p={p} step=0.125")
     return out
 
 
 def parse_encoding(name: str) -> Encoding:
-    """An encodings-table name ('plain k=128', 'u8 k=32', 'u8 k=64 mass=0.999') as an Encoding."""
+    """An encodings-table name as an Encoding: 'plain k=128' (fp16 + 32-bit ids), 'fp16 k=128',
+    'u8 k=32', 'u8 k=64 mass=0.999', 'prior k=64' (u8, the tail shaped by the stored prior),
+    'packed k=128 min_p=0.001 step=0.125' (prior tail, LZMA-coded ranked ids)."""
     kind, *fields = name.split()
     opts = dict(f.split("=") for f in fields)
-    if kind not in ("plain", "fp16", "u8") or "k" not in opts or set(opts) - {"k", "mass"}:
-        raise SystemExit(f"encoding {name!r}: names look like 'plain k=128', 'u8 k=32' or 'u8 k=64 mass=0.999'")
-    return Encoding(k=int(opts["k"]), mass=float(opts.get("mass", 1.0)), values="fp16" if kind == "plain" else kind,
-                    **({"ids": "u32"} if kind == "plain" else {}))
+    if kind not in ("plain", "fp16", "u8", "prior", "packed") or "k" not in opts or set(opts) - {"k", "mass", "min_p", "step"}:
+        raise SystemExit(f"encoding {name!r}: names look like 'plain k=128', 'u8 k=32', 'u8 k=64 mass=0.999', "
+                         "'prior k=64' or 'packed k=128 min_p=0.001 step=0.125'")
+    values = {"plain": "fp16", "prior": "u8", "packed": "u8"}.get(kind, kind)
+    return Encoding(k=int(opts["k"]), mass=float(opts.get("mass", 1.0)), values=values,
+                    min_prob=float(opts.get("min_p", 0.0)), step=float(opts.get("step", 1 / 16)),
+                    tail="prior" if kind in ("prior", "packed") else "even",
+                    codec="packed" if kind == "packed" else "raw", **({"ids": "u32"} if kind == "plain" else {}))
 
 
 def chunked_kl(dense: torch.Tensor, top: TopKLogits, rows: int = 256) -> torch.Tensor:
     """``rebuilt_kl`` a few hundred tokens at a time (it works on float64 (tokens, V) arrays)."""
     return torch.cat([rebuilt_kl(dense[s:s + rows], TopKLogits(top.values[s:s + rows], top.indices[s:s + rows],
-                                                               top.log_tail[s:s + rows], top.num_classes))
+                                                               top.log_tail[s:s + rows], top.num_classes,
+                                                               top.tail_shape))
                       for s in range(0, dense.shape[0], rows)])
 
 
@@ -134,11 +144,13 @@ def measure_encodings(args, stored: Stored, blocks, out: Path) -> dict:
         cache = capture(stored, blocks, folder, encoding=enc, identity=identity, batch_size=8)
         encode_s = time.perf_counter() - t0
         kl = torch.cat([chunked_kl(stored.logits(b), cache.logits(b)) for b in batches])
-        counts = torch.cat([torch.from_numpy(s["counts"].astype("int64")) for s in cache.shards]).double()
         tokens = kl.numel()
-        rows[name] = {"k": enc.k, "mass": enc.mass, "values": enc.values, "ids": enc.sections(stored.num_outputs)["ids"].name,
+        ids = "ranked gaps, LZMA" if enc.codec == "packed" else enc.sections(stored.num_outputs)["ids"].name
+        rows[name] = {"k": enc.k, "mass": enc.mass, "min_prob": enc.min_prob, "step": enc.step, "values": enc.values,
+                      "ids": ids, "tail": enc.tail, "tail_power": cache.tail.power if cache.tail else None,
                       "bytes_per_token": cache.bytes_per_sample, "kl_mean": float(kl.mean()),
-                      "kl_p99": float(kl.quantile(0.99)), "mean_kept": float(counts.mean()),
+                      "kl_p99": float(kl.quantile(0.99)),
+                      "mean_kept": sum(s["entries"] for s in cache.header["shards"]) / cache.rows,
                       "encode_tokens_per_s": tokens / encode_s,
                       "capture_tokens_per_s": tokens / (encode_s + stored.seconds)}
         shutil.rmtree(folder, ignore_errors=True)
@@ -230,6 +242,8 @@ def main() -> None:
     ap.add_argument("--fidelity-tokens", type=int, default=None, help="tokens the encodings are measured on")
     ap.add_argument("--ks", type=int, nargs="+", default=[8, 32, 64, 128])
     ap.add_argument("--masses", type=float, nargs="+", default=[0.99, 0.999])
+    ap.add_argument("--min-probs", type=float, nargs="+", default=[0.001, 0.0015],
+                    help="packed k=128 rows that keep only entries at least this likely")
     ap.add_argument("--hard-weight", type=float, default=0.5)
     ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
     ap.add_argument("--speed-repeats", type=int, default=None)

@@ -1,6 +1,8 @@
 """The fused chunked output-layer + token loss: equal to the unchunked loss in value and
 gradient (closed-form and autograd paths, full and top-k teachers), chunk sizing."""
 
+import math
+
 import pytest
 import torch
 
@@ -72,6 +74,43 @@ def test_topk_forward_kl_is_closed_form_with_the_bucketed_value_and_gradient(sof
     for a, b in zip(torch.autograd.grad(got, (hidden, weight, bias)), torch.autograd.grad(want, (hidden, weight, bias))):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert torch.autograd.gradcheck(f, (hidden, weight, bias))
+
+
+@pytest.mark.parametrize("soft, hard", [(1.0, 0.0), (0.7, 0.3)])
+def test_topk_forward_kl_with_a_tail_shape_is_the_dense_kl_to_the_rebuilt_distribution(soft, hard, monkeypatch):
+    """With the tail's log-weights given, the loss is the full-vocabulary KL(P~ || Q), P~ the k
+    kept log-probabilities and the tail mass spread in proportion to the weights over the other
+    tokens: the dense float64 reference's value and gradient, gradcheck; zero weights are an
+    even tail."""
+    import kdistill.losses.fused as fused
+
+    g = torch.Generator().manual_seed(5)
+    n, h, v, k = 6, 3, 11, 3
+    hidden = torch.randn(n, h, generator=g, dtype=torch.float64, requires_grad=True)
+    weight = (torch.randn(v, h, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    top = torch.log_softmax(torch.randn(n, v, generator=g, dtype=torch.float64) * 3, -1).topk(k, -1)
+    labels = torch.randint(0, v, (n,), generator=g)
+    spec = TokenLossSpec(cross_entropy=hard != 0)
+    monkeypatch.setattr(fused, "_chunk_terms", lambda *a, **kw: pytest.fail("took the autograd path"))
+    for log_w in (torch.randn(v, generator=g, dtype=torch.float64) * 2, torch.zeros(v, dtype=torch.float64)):
+        tail = top.values.exp().sum(-1).neg().log1p()
+        keep = torch.zeros(n, v, dtype=torch.bool).scatter_(1, top.indices, True)
+        shaped = torch.where(keep, -math.inf, log_w.expand(n, v))
+        rebuilt = (shaped - shaped.logsumexp(-1, keepdim=True) + tail[:, None]).scatter(1, top.indices, top.values)
+
+        def f(hh, ww):
+            return chunked_weighted_loss(hh, top.values, labels, spec, soft_weight=soft, hard_weight=hard, weight=ww,
+                                         teacher_indices=top.indices, chunk_size=4, teacher_tail=log_w)[0]
+
+        logits = hidden @ weight.t()
+        want = soft * (rebuilt.exp() * (rebuilt - torch.log_softmax(logits, -1))).sum()
+        if hard:
+            want = want + hard * torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        got = f(hidden, weight)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        for a, b in zip(torch.autograd.grad(got, (hidden, weight)), torch.autograd.grad(want, (hidden, weight))):
+            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        assert torch.autograd.gradcheck(f, (hidden, weight))
 
 
 def test_topk_forward_kl_gradient_stays_bounded_when_the_student_leaves_no_tail():

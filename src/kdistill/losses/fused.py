@@ -206,8 +206,27 @@ def _closed_form_chunk(logits, teacher, labels, spec: TokenLossSpec, soft_weight
     return div, ce, grad, factor
 
 
+@dataclass(frozen=True)
+class TailShape:
+    """A top-k teacher's tail spread in proportion to ``exp(log_weights)`` over the tokens outside
+    each row's k (a cache's stored prior), prepared once per loss call: the weights with their
+    maximum at 1, their sum and their sum of w log w (float64, so W minus a row's kept weights
+    does not cancel)."""
+
+    w: torch.Tensor
+    log_w: torch.Tensor
+    total: float
+    entropy_sum: float
+
+    @classmethod
+    def of(cls, log_weights: torch.Tensor, dtype: torch.dtype) -> "TailShape":
+        lw = log_weights.double() - log_weights.double().max()
+        w = lw.exp()
+        return cls(w.to(dtype), lw.to(dtype), float(w.sum()), float((w * lw).sum()))
+
+
 def _topk_forward_kl_chunk(logits, values, indices, labels, spec: TokenLossSpec, soft_weight: float,
-                           hard_weight: float, scratch: _Scratch):
+                           hard_weight: float, scratch: _Scratch, tail_shape: TailShape | None = None):
     """``_closed_form_chunk`` for a top-k teacher (log-probabilities ``values`` at ``indices``,
     temperature 1) and forward KL over the (k kept tokens, tail bin) buckets. With P_tail the
     mass the teacher's k leave and Q_tail the student's, the gradient of that KL with respect to
@@ -215,7 +234,14 @@ def _topk_forward_kl_chunk(logits, values, indices, labels, spec: TokenLossSpec,
     proportion to the student elsewhere (P~_i = Q_i P_tail / Q_tail): one V-wide scaling of Q and
     a k-wide scatter, never the teacher's dense distribution. Q_tail is summed over the tokens
     outside the k (not 1 - their complement, which rounds to 0 once the student puts all but
-    ~1e-7 of its mass on them), so P~ stays bounded by P_tail."""
+    ~1e-7 of its mass on them), so P~ stays bounded by P_tail.
+
+    With a ``tail_shape`` the teacher's tail is no longer left to the student: it is
+    P_tail w_j / Z (Z the weights outside the row's k) and the divergence is the full-vocabulary
+    KL to that rebuilt distribution, still without a V-wide teacher array (one matrix-vector
+    product with w, and w's outer product in the gradient)."""
+    if tail_shape is not None:
+        return _topk_shaped_chunk(logits, values, indices, labels, spec, soft_weight, hard_weight, scratch, tail_shape)
     log_q = torch.log_softmax(logits, -1, out=scratch.take())
     ce = -log_q.gather(-1, labels[:, None]).squeeze(-1) if spec.cross_entropy else None
     log_q_top = log_q.gather(-1, indices)
@@ -231,6 +257,38 @@ def _topk_forward_kl_chunk(logits, values, indices, labels, spec: TokenLossSpec,
     # off the k: soft (Q - P~) + hard Q = Q (soft (1 - P_tail / Q_tail) + hard); on them soft (Q - P) + hard Q
     grad = q.mul_((soft * (1.0 - log_pb[:, -1].exp() / q_tail) + hard)[:, None])
     grad.scatter_(-1, indices, log_q_top.exp().mul_(soft + hard).sub_(log_pb[:, :-1].exp(), alpha=soft))
+    if hard:
+        grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard))
+    return div, ce, grad, 1.0
+
+
+def _topk_shaped_chunk(logits, values, indices, labels, spec: TokenLossSpec, soft_weight: float,
+                       hard_weight: float, scratch: _Scratch, shape: TailShape):
+    """``_topk_forward_kl_chunk`` with the teacher's tail spread by ``shape`` (see there)."""
+    log_q = torch.log_softmax(logits, -1, out=scratch.take())
+    ce = -log_q.gather(-1, labels[:, None]).squeeze(-1) if spec.cross_entropy else None
+    log_q_top = log_q.gather(-1, indices)
+    log_pb = tail_bins(values.to(log_q.dtype))
+    p_top, p_tail = log_pb[:, :-1].exp(), log_pb[:, -1].exp()
+    w_top, lw_top = shape.w[indices], shape.log_w[indices]
+    z = (shape.total - w_top.double().sum(-1)).clamp_min_(torch.finfo(torch.float64).tiny)
+    hard = hard_weight if spec.cross_entropy else 0.0
+    soft = soft_weight if spec.divergence else 0.0
+    div = None
+    if spec.divergence:  # sum_k P (log P - log Q) + P_tail (log P_tail + E_tail[log(w / Z)] - E_tail[log Q])
+        cross = ((log_q @ shape.w).double() - (w_top * log_q_top).sum(-1).double()) / z
+        entropy = (shape.entropy_sum - (w_top * lw_top).sum(-1).double()) / z - z.log()
+        top = (p_top * (log_pb[:, :-1] - log_q_top)).sum(-1)
+        div = top + (torch.special.xlogy(p_tail, p_tail).double() + p_tail.double() * (entropy - cross)).to(top.dtype)
+    if soft == 0.0 and hard == 0.0:
+        scratch.give(log_q)
+        return div, ce, None, 0.0
+    # soft (Q - P~) + hard Q: Q (soft + hard) minus soft P_tail w / Z off the k, minus soft P on them
+    q = torch.exp(log_q, out=logits)
+    scratch.give(log_q)
+    q_top = log_q_top.exp()
+    grad = q.mul_(soft + hard).addr_((p_tail.double() / z).to(q.dtype), shape.w, alpha=-soft)
+    grad.scatter_(-1, indices, q_top.mul_(soft + hard).sub_(p_top, alpha=soft))
     if hard:
         grad.scatter_add_(-1, labels[:, None], grad.new_full((labels.shape[0], 1), -hard))
     return div, ce, grad, 1.0
@@ -284,7 +342,7 @@ def _weighted(div, ce, soft_weight: float, hard_weight: float, dtype) -> torch.T
 
 
 def _closed_form_chunk_grads(h, w, b, teacher, indices, labels, spec, soft_weight, hard_weight, grads,
-                             capacity: int):
+                             capacity: int, tail_shape: TailShape | None = None):
     """One chunk's terms, its (hidden, weight, bias) gradients added into ``grads`` in place,
     through the closed-form logit gradient: the output layer's two matmuls are the only work
     beyond the loss itself, and nothing V-wide is allocated (see ``_Scratch``)."""
@@ -299,7 +357,8 @@ def _closed_form_chunk_grads(h, w, b, teacher, indices, labels, spec, soft_weigh
             torch.mm(h, w.t(), out=logits) if b is None else torch.addmm(b.to(dtype), h, w.t(), out=logits)
         else:  # lower precision (autocast): the matmul in it, the loss in fp32
             logits.copy_(F.linear(h, w, b))
-        chunk_fn = _closed_form_chunk if indices is None else partial(_topk_forward_kl_chunk, indices=indices)
+        chunk_fn = _closed_form_chunk if indices is None else partial(_topk_forward_kl_chunk, indices=indices,
+                                                                         tail_shape=tail_shape)
         d, c, g, factor = chunk_fn(logits, teacher, labels=labels, spec=spec, soft_weight=soft_weight,
                                    hard_weight=hard_weight, scratch=scratch)
         if g is None:
@@ -321,13 +380,14 @@ class _ChunkedWeightedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, teacher, teacher_indices, labels, spec, chunk,
-                soft_weight, hard_weight):
+                soft_weight, hard_weight, tail_log_weights):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h, grad_w, grad_b, w, b = _grad_buffers(hidden, weight, bias, (need_h, need_w, need_b))
         sums = torch.zeros(3, dtype=torch.float64 if hidden.dtype == torch.float64 else torch.float32,
                            device=hidden.device)
         closed_form = (not spec.divergence or spec.kind in CLOSED_FORM) if teacher_indices is None else \
             (not spec.divergence or _topk_kind(spec) == "forward_kl")
+        shape = None if tail_log_weights is None or not closed_form else TailShape.of(tail_log_weights, sums.dtype)
         for s in range(0, hidden.shape[0], chunk):
             e = min(s + chunk, hidden.shape[0])
             rows = (_rows(teacher, s, e), _rows(teacher_indices, s, e), _rows(labels, s, e))
@@ -335,7 +395,7 @@ class _ChunkedWeightedSum(torch.autograd.Function):
                 got = []  # added in place
                 d, c = _closed_form_chunk_grads(hidden[s:e].detach(), w, b, rows[0], rows[1], rows[2], spec,
                                                 soft_weight, hard_weight,
-                                                (_rows(grad_h, s, e), grad_w, grad_b), chunk)
+                                                (_rows(grad_h, s, e), grad_w, grad_b), chunk, shape)
             else:
                 with torch.enable_grad():
                     h = hidden[s:e].detach().requires_grad_(need_h)
@@ -360,26 +420,32 @@ class _ChunkedWeightedSum(torch.autograd.Function):
         saved = ctx.saved_tensors
         grads = [None if g is None or not need else g * grad_total.to(g.dtype)
                  for g, need in zip(saved, ctx.has)]
-        return (*grads, None, None, None, None, None, None, None)
+        return (*grads, None, None, None, None, None, None, None, None)
 
 
 def chunked_weighted_loss(hidden: torch.Tensor, teacher: torch.Tensor | None, labels: torch.Tensor | None,
                           spec: TokenLossSpec, *, soft_weight: float, hard_weight: float,
                           weight: torch.Tensor | None = None, bias: torch.Tensor | None = None,
-                          teacher_indices: torch.Tensor | None = None, chunk_size: int | None = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                          teacher_indices: torch.Tensor | None = None, chunk_size: int | None = None,
+                          teacher_tail: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``soft_weight * sum(divergence) + hard_weight * sum(cross-entropy)`` over N selected tokens,
     and the two unweighted sums (for logging; not differentiable).
 
     ``hidden`` is either the student's logits (N, V) (``weight`` None) or its final hidden states
     (N, H) with the output projection ``weight`` (V, H) (and ``bias``): then the student's logits
     exist one chunk at a time only. ``teacher`` is (N, V) logits, or with ``teacher_indices``
-    (N, k) the teacher's top-k log-probabilities. Select the tokens that count *before* calling.
+    (N, k) the teacher's top-k log-probabilities; forward KL from them bins the tail (the student
+    decides its shape) unless ``teacher_tail`` (V,) gives the tail's log-weights (a cache's prior:
+    the tail is then spread in proportion to them; reverse KL and JSD always bin the tail).
+    Select the tokens that count *before* calling.
     The gradients are computed chunk by chunk in the forward pass, so each chunk's logits are
     computed once: the loss costs what the unchunked loss costs while its memory stays bounded by
     one chunk. Same values and gradients as all tokens at once (tested); only the total is
     differentiable.
     """
     teacher, chunk_size = _checked(hidden, teacher, labels, spec, weight, chunk_size)
+    if teacher_tail is not None and teacher_indices is None:
+        raise ValueError("teacher_tail shapes a top-k teacher's tail: give teacher_indices too")
     return _ChunkedWeightedSum.apply(hidden, weight, bias, teacher, teacher_indices, labels, spec,
-                                     chunk_size, float(soft_weight), float(hard_weight))
+                                     chunk_size, float(soft_weight), float(hard_weight),
+                                     None if teacher_tail is None else teacher_tail.detach())

@@ -49,6 +49,8 @@ class TopKLogits:
     indices: torch.Tensor  # (batch, k) class ids, long
     log_tail: torch.Tensor  # (batch,) log(1 - sum of the top-k probabilities); -inf when k = n
     num_classes: int
+    # (num_classes,) log-weights the tail is spread by (a language-model cache's prior); None: evenly
+    tail_shape: torch.Tensor | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -85,6 +87,8 @@ def topk_soft_target_kl(
         )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if teacher.tail_shape is not None:
+        raise ValueError("a shaped tail (a language-model cache's) is read by the token losses, not the classifier's")
     t = temperature
     dtype = student_logits.dtype
     log_s = F.log_softmax(student_logits / t, dim=-1)

@@ -127,12 +127,12 @@ class CausalLMTask(Task):
         spec = TokenLossSpec(kind=self.divergence, temperature=temperature, beta=self.jsd_beta,
                              skew=self.skew, divergence=teacher_logits is not None and soft_weight != 0,
                              cross_entropy=hard_weight != 0)
-        teacher, indices = teacher_logits, None
+        teacher, indices, tail = teacher_logits, None, None
         if isinstance(teacher_logits, TopKLogits):  # a compressed teacher
             if temperature != 1.0:
                 raise TrainingError("a top-k teacher cache holds temperature-1 probabilities: set "
                                     "loss.temperature: 1 or use a live teacher")
-            teacher, indices = teacher_logits.values, teacher_logits.indices
+            teacher, indices, tail = teacher_logits.values, teacher_logits.indices, teacher_logits.tail_shape
         labels = shifted_targets(batch).to(self.device)
         weight = bias = None
         if student.head is not None:
@@ -144,7 +144,8 @@ class CausalLMTask(Task):
         total, soft, hard = chunked_weighted_loss(
             hidden, teacher, labels, spec, soft_weight=soft_weight if spec.divergence else 0.0,
             hard_weight=hard_weight if spec.cross_entropy else 0.0, weight=weight, bias=bias,
-            teacher_indices=indices, chunk_size=self.chunk_tokens)
+            teacher_indices=indices, chunk_size=self.chunk_tokens,
+            teacher_tail=None if tail is None else tail.to(self.device))
         terms = {}
         if spec.divergence:
             terms["soft"] = soft

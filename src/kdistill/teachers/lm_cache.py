@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import shutil
 import time
@@ -42,12 +43,14 @@ from kdistill.errors import CacheError, ConfigError
 from kdistill.losses.topk import TopKLogits
 from kdistill.teachers.base import TeacherSource
 from kdistill.teachers.cache import HEADER, load_header, tensor_fingerprint
-from kdistill.teachers.lm_records import Encoding, encode, padded
+from kdistill.teachers.lm_records import (Encoding, TailModel, TailStats, encode, fit_tail, pack_block, padded,
+                                          unpack_block)
 
 KIND = "causal_lm_topk"
 FORMAT_VERSION = 1
 ALIGN = 8
 RECAPTURE = "re-run `kdistill cache-teacher CONFIG`"
+TAIL_FILE = "tail.bin"
 
 
 def tokenizer_hash(tokenizer) -> str:
@@ -95,21 +98,38 @@ def _shard_bytes(arrays: dict[str, np.ndarray], dtypes: dict[str, np.dtype]) -> 
     return b"".join(parts), sections
 
 
-def _write_shard(path: Path, arrays: dict, dtypes: dict) -> dict:
-    blob, sections = _shard_bytes(arrays, dtypes)
+def _write_file(path: Path, blob: bytes) -> dict:
+    """Written to a .partial file, synced, then renamed: a kill leaves the old file or none."""
     partial = path.with_suffix(".partial")
     with open(partial, "wb") as fh:
         fh.write(blob)
         fh.flush()
         os.fsync(fh.fileno())
     partial.replace(path)
-    return {"file": path.name, "bytes": len(blob), "sections": sections,
-            "sha256": hashlib.sha256(blob).hexdigest()}
+    return {"file": path.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def _verified(folder: Path, shard: dict) -> bool:
-    file = folder / shard["file"]
-    return file.is_file() and file.stat().st_size == shard["bytes"] and sha256_file(file) == shard["sha256"]
+def _write_shard(path: Path, arrays: dict, dtypes: dict) -> dict:
+    blob, sections = _shard_bytes(arrays, dtypes)
+    return {**_write_file(path, blob), "sections": sections}
+
+
+def _verified(folder: Path, entry: dict) -> bool:
+    file = folder / entry["file"]
+    return file.is_file() and file.stat().st_size == entry["bytes"] and sha256_file(file) == entry["sha256"]
+
+
+def _packed(arrays: dict, targets: np.ndarray, tail: TailModel) -> dict:
+    """A shard's records as one LZMA blob per block (``lm_records.pack_block``) and their offsets."""
+    rank, blobs, t0, e0 = tail.rank, [], 0, 0
+    for n in targets.tolist():
+        counts = arrays["counts"][t0: t0 + n]
+        e1 = e0 + int(counts.sum(dtype=np.int64))
+        blobs.append(pack_block(counts, arrays["ids"][e0:e1], arrays["values"][e0:e1], rank))
+        t0, e0 = t0 + n, e1
+    offsets = np.concatenate([[0], np.cumsum([len(b) for b in blobs], dtype=np.int64)])
+    return {"block_targets": targets, "block_bytes": offsets, "log_tail": arrays["log_tail"],
+            "packed": np.frombuffer(b"".join(blobs), np.uint8)}
 
 
 def capture(teacher: TeacherSource, blocks, path: str | Path, *, encoding: Encoding, identity: dict,
@@ -127,46 +147,64 @@ def capture(teacher: TeacherSource, blocks, path: str | Path, *, encoding: Encod
     header = {"format_version": FORMAT_VERSION, "kind": KIND, **identity, "num_classes": vocab,
               "encoding": asdict(encoding), "shard_tokens": shard_tokens, "plan": plan}
     done: list[dict] = []
+    tail, tail_entry = None, None  # the tail's shape, fixed by the first shard (tail: prior)
     if path.exists():
         if not (path / HEADER).is_file():
             raise CacheError(f"{path} exists and is not a teacher cache: choose another teacher.path")
         old = load_header(path)
         same = all(old.get(k) == v for k, v in header.items())
         if same:  # resume: keep the finished shards that are intact, in order (a damaged one is redone)
+            tail_entry = old.get("tail")
+            if encoding.tail == "prior" and not (tail_entry and _verified(path, tail_entry)):
+                tail_entry, old["shards"] = None, []  # every shard was written with the lost prior
             for shard in old.get("shards", []):
                 if not _verified(path, shard):
                     break
                 done.append(shard)
+            if tail_entry and done:
+                tail = TailModel.from_bytes((path / TAIL_FILE).read_bytes(), tail_entry["power"])
             if old.get("complete") and len(done) == len(plan):
                 return LMCacheTeacher(path, verify_checksum=False)
         else:
             shutil.rmtree(path)
     path.mkdir(parents=True, exist_ok=True)
-    for stray in set(path.glob("shard-*")) - {path / s["file"] for s in done}:
+    for stray in (set(path.glob("shard-*")) | set(path.glob("*.partial"))) - {path / s["file"] for s in done}:
         stray.unlink()  # the shard a killed capture was writing, or one that failed its check
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), targets.cumsum(0)])
 
     def save(shards: list[dict], complete: bool) -> None:
         atomic_write_text(path / HEADER, json.dumps(
-            {**header, "shards": shards, "complete": complete,
-             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
+            {**header, **({"tail": tail_entry} if tail_entry and shards else {}), "shards": shards,
+             "complete": complete, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, indent=1))
 
     save(done, False)
     for s in range(len(done), len(plan)):
         b0, b1 = plan[s]
         parts: dict[str, list] = {"counts": [], "log_tail": [], "ids": [], "values": []}
+        stats = TailStats(vocab) if encoding.tail == "prior" and tail is None else None
         for batch in LMBatches(blocks.subset(slice(b0, b1)), batch_size):
             batch["index"] = batch["index"] + b0  # the blocks' own indices, as training batches carry
-            for name, arr in encode(teacher.logits(batch), encoding).items():
-                parts[name].append(arr)
-        arrays = {name: np.concatenate(a) if a else np.zeros(0, dtypes[name]) for name, a in parts.items()}
+            logits = teacher.logits(batch)
+            record = encode(logits, encoding)
+            if stats is not None:
+                stats.add(logits, record)
+            for name in parts:
+                parts[name].append(record[name])
+        arrays = {name: np.concatenate(a) if a else np.zeros(0, dtypes.get(name, np.uint8)) for name, a in parts.items()}
         if len(arrays["counts"]) != int(offsets[b1] - offsets[b0]):
             raise CacheError(f"the teacher scored {len(arrays['counts'])} positions in blocks {b0}-{b1} "
                              f"but they hold {int(offsets[b1] - offsets[b0])} targets")
+        if stats is not None:
+            tail = fit_tail(stats, arrays["counts"], arrays["ids"], arrays["log_tail"])
+            tail_entry = {**_write_file(path / TAIL_FILE, tail.to_bytes()), "power": tail.power}
         per_token = np.concatenate([[0], np.cumsum(arrays["counts"], dtype=np.int64)])
-        arrays["block_targets"] = targets[b0:b1].numpy()
-        arrays["block_entries"] = per_token[(offsets[b0:b1] - offsets[b0]).numpy()]
-        done.append({"blocks": [b0, b1], "tokens": len(arrays["counts"]), "entries": int(per_token[-1]),
+        arrays["counts"] = arrays["counts"].astype(encoding.count_dtype)
+        if encoding.codec == "packed":
+            arrays = _packed(arrays, targets[b0:b1].numpy(), tail)
+        else:
+            arrays["block_targets"] = targets[b0:b1].numpy()
+            arrays["block_entries"] = per_token[(offsets[b0:b1] - offsets[b0]).numpy()]
+        done.append({"blocks": [b0, b1], "tokens": int(offsets[b1] - offsets[b0]), "entries": int(per_token[-1]),
                      **_write_shard(path / f"shard-{s:05d}.bin", arrays, dtypes)})
         save(done, False)
     save(done, True)
@@ -197,17 +235,20 @@ class LMCacheTeacher(TeacherSource):
         self.num_outputs, self.rows = int(h["num_classes"]), int(h["target_tokens"])
         self.format, self.dtype, self.k = "topk", self.encoding.values, self.encoding.k
         dtypes = self.encoding.sections(self.num_outputs)
+        self.tail = self.tail_shape = self.order = None
+        if self.encoding.tail == "prior":
+            if "tail" not in h:
+                raise CacheError(f"teacher cache {self.path} stores a prior-shaped tail but its header names no "
+                                 f"{TAIL_FILE}: the cache is damaged; {RECAPTURE}")
+            self._check_file(h["tail"], verify_checksum)
+            self.tail = TailModel.from_bytes((self.path / TAIL_FILE).read_bytes(), h["tail"]["power"])
+            if len(self.tail.quantized) != self.num_outputs:
+                raise CacheError(f"teacher cache file {self.path / TAIL_FILE} holds {len(self.tail.quantized)} "
+                                 f"weights for {self.num_outputs} tokens: the cache is damaged; {RECAPTURE}")
+            self.tail_shape, self.order = self.tail.log_weights, self.tail.order
         self.shards, first = [], []
         for shard in h["shards"]:
-            file = self.path / shard["file"]
-            if not file.is_file():
-                raise CacheError(f"teacher cache {self.path} lacks {shard['file']}: {RECAPTURE}")
-            if file.stat().st_size != shard["bytes"]:
-                raise CacheError(f"teacher cache file {file} holds {file.stat().st_size} bytes but its header "
-                                 f"says {shard['bytes']}: the cache is truncated or damaged; {RECAPTURE}")
-            if verify_checksum and sha256_file(file) != shard["sha256"]:
-                raise CacheError(f"teacher cache file {file} does not match its SHA-256 in {HEADER}: the "
-                                 f"cache is damaged; {RECAPTURE}")
+            file = self._check_file(shard, verify_checksum)
             raw = np.memmap(file, dtype=np.uint8, mode="r")
             self.shards.append({name: raw[off: off + n * dtypes[name].itemsize].view(dtypes[name].newbyteorder("<"))
                                 for name, (off, n) in shard["sections"].items()})
@@ -217,20 +258,47 @@ class LMCacheTeacher(TeacherSource):
         local = [np.concatenate([[0], np.cumsum(s["block_targets"], dtype=np.int64)[:-1]]) for s in self.shards]
         self.block_token = np.concatenate(local)  # first token of each block within its shard
 
+    def _check_file(self, entry: dict, verify_checksum: bool) -> Path:
+        file = self.path / entry["file"]
+        if not file.is_file():
+            raise CacheError(f"teacher cache {self.path} lacks {entry['file']}: {RECAPTURE}")
+        if file.stat().st_size != entry["bytes"]:
+            raise CacheError(f"teacher cache file {file} holds {file.stat().st_size} bytes but its header "
+                             f"says {entry['bytes']}: the cache is truncated or damaged; {RECAPTURE}")
+        if verify_checksum and sha256_file(file) != entry["sha256"]:
+            raise CacheError(f"teacher cache file {file} does not match its SHA-256 in {HEADER}: the "
+                             f"cache is damaged; {RECAPTURE}")
+        return file
+
     @property
     def bytes_per_sample(self) -> float:
-        """Bytes on disk per target token (all shards)."""
-        return sum(s["bytes"] for s in self.header["shards"]) / max(self.rows, 1)
+        """Bytes on disk per target token (all shards, and the tail's shape)."""
+        tail = self.header.get("tail", {}).get("bytes", 0) if self.encoding.tail == "prior" else 0
+        return (sum(s["bytes"] for s in self.header["shards"]) + tail) / max(self.rows, 1)
 
     def _records(self, blocks: np.ndarray):
         counts, tails, ids, values = [], [], [], []
         for b in blocks.tolist():
             s = int(np.searchsorted(self.first_block, b, side="right")) - 1
             shard, j = self.shards[s], b - int(self.first_block[s])
-            t0, n, e0 = int(self.block_token[b]), int(self.block_targets[b]), int(shard["block_entries"][j])
+            t0, n = int(self.block_token[b]), int(self.block_targets[b])
+            tails.append(shard["log_tail"][t0: t0 + n])
+            if self.encoding.codec == "packed":
+                blob = shard["packed"][int(shard["block_bytes"][j]): int(shard["block_bytes"][j + 1])].tobytes()
+                try:
+                    c, i, v = unpack_block(blob, self.encoding.count_dtype, self.order)
+                except (lzma.LZMAError, ValueError, IndexError) as e:
+                    raise CacheError(f"teacher cache {self.path}: block {b} does not decode ({e}): the cache is "
+                                     f"damaged; {RECAPTURE}") from None
+                if len(c) != n:
+                    raise CacheError(f"teacher cache {self.path}: block {b} decodes to {len(c)} tokens, not {n}: "
+                                     f"the cache is damaged; {RECAPTURE}")
+                counts.append(c), ids.append(i), values.append(v)
+                continue
+            e0 = int(shard["block_entries"][j])
             c = shard["counts"][t0: t0 + n]
             e1 = e0 + int(c.sum(dtype=np.int64))
-            counts.append(c), tails.append(shard["log_tail"][t0: t0 + n])
+            counts.append(c)
             ids.append(shard["ids"][e0:e1]), values.append(shard["values"][e0:e1])
         return (torch.from_numpy(np.concatenate(x).astype(dt)) for x, dt in
                 ((counts, np.int64), (tails, np.float32), (ids, np.int64), (values, np.float32)))
@@ -247,13 +315,15 @@ class LMCacheTeacher(TeacherSource):
         counts, log_tail, ids, values = self._records(blocks)
         if self.encoding.values == "u8":
             values = values * -self.encoding.step
-        top = padded(counts, log_tail, ids, values, self.num_outputs, renormalise=self.encoding.values != "fp32")
+        top = padded(counts, log_tail, ids, values, self.num_outputs, renormalise=self.encoding.values != "fp32",
+                     tail_shape=self.tail_shape)
         return TopKLogits(top.values.to(self.device), top.indices.to(self.device), top.log_tail.to(self.device),
-                          self.num_outputs)
+                          self.num_outputs, None if self.tail_shape is None else self.tail_shape.to(self.device))
 
     def describe(self) -> dict:
         h = self.header
         return {"kind": "cache", "path": str(self.path), "format": "topk", "encoding": h["encoding"],
+                "tail_power": self.tail.power if self.tail else None,
                 "teacher": h.get("teacher"), "dataset": h["dataset"], "bytes_per_token": self.bytes_per_sample}
 
 
