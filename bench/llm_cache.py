@@ -8,10 +8,13 @@ documentation), blocks of 128 tokens.
 
 - Encodings, for k in --ks: ``plain`` (fp16 log-probs + 32-bit ids, fixed k: the usual top-k
   record), ``fp16`` (16-bit ids), ``u8`` (16-bit ids, log-probs in 1/16-nat steps below the
-  top-1), and ``u8`` with a mass threshold per token (--masses). Bytes per token are the shard
-  files' sizes over the target tokens (everything on disk but the JSON header); fidelity is the
-  per-token KL(teacher's dense distribution || the cache's: its tokens and the tail spread evenly
-  over the rest), mean and 99th percentile, in float64, on the first --fidelity-tokens tokens.
+  top-1), and ``u8`` with a mass threshold per token (--masses); ``prior`` (u8, the tail spread by
+  the stored prior to its fitted power) and ``packed`` (prior tail, ids as LZMA-coded rank gaps,
+  1/8-nat steps), also with a probability floor (--min-probs). Bytes per token are the shard
+  files' and the tail file's sizes over the target tokens (everything on disk but the JSON
+  header); fidelity is the per-token KL(teacher's dense distribution || the cache's rebuilt one:
+  its tokens and the tail spread evenly or by the prior), mean and 99th percentile, in float64,
+  on the first --fidelity-tokens tokens (captured on their own: their prior is fitted on them).
 - Capture tokens/s per encoding: the teacher's forward pass (timed once, over the same tokens)
   plus that encoding's encode-and-write time (a capture from the stored teacher logits);
   ``end_to_end`` is one real capture of the whole training set with the default encoding.
@@ -24,8 +27,9 @@ documentation), blocks of 128 tokens.
   vocabulary, mean +- std over seeds.
 - Students by encoding (--student-encodings): the other fidelity, what a student learns. One plain
   top-128 capture (fp16 log-probs + 32-bit ids, the reference record), re-encoded without the
-  teacher into the smaller encodings (their top entries are the plain record's first ones; the
-  rest joins the tail), and students trained from each, same seeds and budget as above.
+  teacher into the smaller even-tail encodings (their top entries are the plain record's first
+  ones; the rest joins the tail) and captured from the teacher for prior-tail ones (the prior is
+  fitted to its full distributions), and students trained from each, same seeds and budget.
 
     python bench/llm_cache.py            # full: 3 seeds -> bench/results/llm_cache.json
     python bench/llm_cache.py --quick    # 1 seed, fewer tokens -> bench/results/llm_cache_quick.json
@@ -63,7 +67,8 @@ from kdistill.teachers.causal_lm import CausalLMTeacher  # noqa: E402
 from kdistill.teachers.lm_cache import LMCacheTeacher, capture, data_identity  # noqa: E402
 from kdistill.teachers.lm_records import Encoding, rebuilt_kl  # noqa: E402
 
-DEFAULT = {"k": 64, "mass": 0.999, "values": "u8"}  # the encoding students train from
+# the encoding students train from: <= 128 entries at least 0.001 likely, the prior-shaped tail, packed
+DEFAULT = {"k": 128, "min_prob": 0.001, "values": "u8", "step": 0.125, "tail": "prior", "codec": "packed"}
 PARTS = ("encodings", "speed", "quality", "students_by_encoding")
 REFERENCE_RECORD = "plain k=128"
 
@@ -204,8 +209,9 @@ def students_by_encoding(args, ctx, live, data, identity) -> dict:
     caches, info = {REFERENCE_RECORD: plain}, {REFERENCE_RECORD: {"bytes_per_token": plain.bytes_per_sample,
                                                                    "capture_s": time.perf_counter() - t0}}
     for name in args.student_encodings:
-        t0 = time.perf_counter()
-        caches[name] = capture(plain, data.train, args.out / "by-encoding" / name.replace(" ", "_"),
+        t0 = time.perf_counter()  # a prior-shaped tail is fitted to the teacher's full distributions
+        source = live if named[name].tail == "prior" else plain
+        caches[name] = capture(source, data.train, args.out / "by-encoding" / name.replace(" ", "_"),
                                encoding=named[name], identity=identity, batch_size=8)
         info[name] = {"bytes_per_token": caches[name].bytes_per_sample, "capture_s": time.perf_counter() - t0}
     ctx = {**ctx, **{f"cache {n}": c for n, c in caches.items()}}
@@ -247,7 +253,8 @@ def main() -> None:
     ap.add_argument("--hard-weight", type=float, default=0.5)
     ap.add_argument("--speed-batch", type=int, default=4, help="blocks of 128 tokens per timed step")
     ap.add_argument("--speed-repeats", type=int, default=None)
-    ap.add_argument("--student-encodings", nargs="+", default=["u8 k=32", "u8 k=16", "u8 k=8"],
+    ap.add_argument("--student-encodings", nargs="+",
+                    default=["packed k=128 min_p=0.001 step=0.125", "packed k=64 step=0.125", "u8 k=32"],
                     help="encodings (names as in the encodings table) students also train from, beside plain k=128")
     ap.add_argument("--parts", default=",".join(PARTS), help=f"parts to run ({', '.join(PARTS)}); a subset "
                     "is merged into the existing results file")

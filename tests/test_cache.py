@@ -220,6 +220,13 @@ def test_config_needs_k_with_topk_only():
     assert RunConfig.parse({"teacher": {"model": TEACHER}}).teacher.kind == "live"
 
 
+@pytest.mark.parametrize("field", [{"mass": 0.9}, {"min_prob": 0.01}, {"tail": "prior"}])
+def test_refuses_language_model_record_options(setup, data, field):
+    config, _ = setup
+    with pytest.raises(ConfigError, match=f"teacher.{next(iter(field))}: causal-LM cache options"):
+        cache_teacher(config(format="topk", k=3, **field), data)
+
+
 def test_cache_teacher_needs_a_cache_config_with_a_model(setup, data):
     config, _ = setup
     with pytest.raises(ConfigError, match="teacher.model is not set"):

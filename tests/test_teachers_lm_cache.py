@@ -4,6 +4,8 @@ it through the run pipeline, and every refusal (tiny Llama models from config, n
 import json
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import yaml
@@ -11,10 +13,12 @@ import yaml
 from kdistill.config import RunConfig
 from kdistill.data.lm_text import LMBatches
 from kdistill.errors import CacheError
+from kdistill.losses.topk import TopKLogits
 from kdistill.models.hf import save_hf, student_from_config
 from kdistill.teachers.causal_lm import CausalLMTeacher, TopKCacheTeacher
 from kdistill.teachers.lm_cache import LMCacheTeacher, capture, data_identity, open_lm_cache
-from kdistill.teachers.lm_records import Encoding, padded, rebuilt_kl
+from kdistill.teachers.lm_records import (POWERS, Encoding, TailModel, pack_block, padded, rebuilt_kl,
+                                          unpack_block)
 
 from lm_helpers import lm_blocks, tiny_llama, word_tokenizer
 
@@ -94,10 +98,67 @@ def test_padding_shorter_records_leaves_the_rebuilt_distribution_unchanged():
         torch.testing.assert_close(rebuilt, want, atol=1e-6, rtol=0)
 
 
-def test_capture_resumes_after_a_kill(tmp_path, monkeypatch):
+@pytest.mark.parametrize("vocab, k", [(50, 8), (70_000, 300)])
+def test_packed_blocks_round_trip(vocab, k):
+    """Gaps past one varint byte (and two), counts past u8, tokens of one entry: each token's
+    (id, value) pairs come back, in rank order."""
+    g = np.random.default_rng(0)
+    counts = g.integers(1, k + 1, size=9)
+    counts[0] = 1
+    ids = np.concatenate([g.choice(vocab, size=c, replace=False) for c in counts])
+    values = g.integers(0, 256, size=len(ids)).astype(np.uint8)
+    tail = TailModel(g.integers(0, 256, size=vocab).astype(np.uint8), 0.5)
+    dtype = np.dtype(np.uint8 if k <= 255 else np.uint16)
+    c, i, v = unpack_block(pack_block(counts.astype(dtype), ids, values, tail.rank), dtype, tail.order)
+    assert c.tolist() == counts.tolist()
+    starts = np.cumsum(counts) - counts
+    for s, n in zip(starts, counts):
+        assert dict(zip(i[s:s + n].tolist(), v[s:s + n].tolist())) == dict(zip(ids[s:s + n].tolist(), values[s:s + n].tolist()))
+        assert (np.diff(tail.rank[i[s:s + n]]) > 0).all()
+
+
+def _dense(live, blocks):
+    return torch.cat([live.logits(b) for b in LMBatches(blocks, 2)])
+
+
+def test_prior_tail_is_fitted_to_the_kl_and_never_worse_than_even(tmp_path):
+    """The stored power minimises the rebuilt KL over the powers tried (each checked against the
+    dense teacher), the even tail (power 0) among them; the packed codec rebuilds the same
+    distributions as the raw one."""
+    blocks = lm_blocks(n=6, seq_len=12)
+    live = _live()
+    dense = _dense(live, blocks)
+    enc = Encoding(k=5, tail="prior", min_prob=0.01)
+    one = capture(live, blocks, tmp_path / "one", encoding=enc, identity=data_identity(blocks, "test"))
+    assert len(one.header["shards"]) == 1  # the prior and its power come from the first shard's tokens
+    batch = next(iter(LMBatches(blocks, len(blocks))))
+    top = one.logits(batch)
+    kl = {float(a): float(rebuilt_kl(dense, TopKLogits(top.values, top.indices, top.log_tail, 50,
+                                                       TailModel(one.tail.quantized, float(a)).log_weights)).sum())
+          for a in POWERS}
+    assert kl[one.tail.power] <= min(kl.values()) + 1e-9 and max(kl.values()) > kl[0.0] > 0
+    torch.testing.assert_close(kl[one.tail.power], float(rebuilt_kl(dense, top).sum()))
+    raw = LMCacheTeacher(_capture(live, blocks, tmp_path / "raw", k=5, tail="prior", min_prob=0.01).path)
+    packed = LMCacheTeacher(_capture(live, blocks, tmp_path / "packed", k=5, tail="prior", min_prob=0.01,
+                                     codec="packed").path)
+    assert len(raw.header["shards"]) > 1 and raw.tail.power == packed.tail.power
+
+    def rebuilt(t):
+        out = t.tail_shape.double().expand(t.values.shape[0], -1).scatter(-1, t.indices, -math.inf)
+        out = out - out.logsumexp(-1, keepdim=True) + t.log_tail.double()[:, None]
+        return out.scatter(-1, t.indices, t.values.double())
+
+    for b in LMBatches(blocks, 3, shuffle=True, seed=2):
+        torch.testing.assert_close(rebuilt(packed.logits(b)), rebuilt(raw.logits(b)), atol=1e-5, rtol=0)
+    with pytest.raises(Exception, match="codec: packed"):
+        Encoding(k=5, values="fp16", tail="prior", codec="packed").check(50)
+
+
+@pytest.mark.parametrize("enc", [{"k": 8}, {"k": 8, "tail": "prior", "codec": "packed"}])
+def test_capture_resumes_after_a_kill(tmp_path, monkeypatch, enc):
     blocks = lm_blocks(n=8, seq_len=12)
     live = _live()
-    whole = _capture(live, blocks, tmp_path / "whole", k=8)
+    whole = _capture(live, blocks, tmp_path / "whole", **enc)
     plan = whole.header["plan"]
     batches = [-(-(b1 - b0) // 2) for b0, b1 in plan]  # teacher calls per shard (batch size 2)
     assert len(plan) >= 3
@@ -112,19 +173,25 @@ def test_capture_resumes_after_a_kill(tmp_path, monkeypatch):
 
     monkeypatch.setattr(live, "logits", dies_in_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        _capture(live, blocks, tmp_path / "killed", k=8)
+        _capture(live, blocks, tmp_path / "killed", **enc)
     with pytest.raises(CacheError, match=f"interrupted after 2 of {len(plan)} shards"):
         LMCacheTeacher(tmp_path / "killed")
     (tmp_path / "killed" / "shard-00002.partial").write_bytes(b"half a shard")  # a kill mid-write
     calls["n"] = -1000
-    resumed = _capture(live, blocks, tmp_path / "killed", k=8)
+    resumed = _capture(live, blocks, tmp_path / "killed", **enc)
     assert calls["n"] == -1000 + sum(batches[2:])  # the finished shards were kept, not recomputed
     files = sorted(p.name for p in (tmp_path / "killed").iterdir())
     assert files == sorted(p.name for p in (tmp_path / "whole").iterdir())
     assert [s["sha256"] for s in resumed.header["shards"]] == [s["sha256"] for s in whole.header["shards"]]
     for name in files:
-        if name.startswith("shard-"):
+        if name != "cache.json":
             assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    if "tail" in enc:  # the shards were coded with the stored prior: a lost prior redoes them all
+        (tmp_path / "killed" / "tail.bin").write_bytes(b"")
+        calls["n"] = -1000
+        _capture(live, blocks, tmp_path / "killed", **enc)
+        assert calls["n"] == -1000 + sum(batches)
+        assert (tmp_path / "killed" / "tail.bin").read_bytes() == (tmp_path / "whole" / "tail.bin").read_bytes()
 
 
 # ---------------------------------------------------------------- through the run pipeline
@@ -232,3 +299,23 @@ def test_refusals(tmp_path):
     _refusal(cfg, data, match="truncated")
     runs.cache_teacher(cfg, data)  # a rerun redoes the damaged shard
     open_lm_cache(cfg, data, 50)
+
+
+def test_students_train_from_a_packed_cache_as_from_the_raw_one(tmp_path):
+    """The packed codec changes bytes, not what a student is taught: the same losses step by step
+    as from the raw records with the same prior-shaped tail; a damaged tail file is refused."""
+    from kdistill import runs
+
+    shaped = {"dtype": "u8", "k": 6, "tail": "prior", "min_prob": 0.02}
+    packed = _cfg(tmp_path, **shaped, codec="packed")
+    data = runs.recipe_for(packed).build_data(packed)
+    runs.cache_teacher(packed, data)
+    raw = _cfg(tmp_path, **shaped, path=str(tmp_path / "raw-cache"))
+    runs.cache_teacher(raw, data)
+    assert LMCacheTeacher(packed.teacher.path).tail.power == LMCacheTeacher(raw.teacher.path).tail.power
+    steps = _losses(runs.distill(packed, data=data).out_dir.parent)
+    raw.train.output_dir = tmp_path / "raw-run"
+    torch.testing.assert_close(steps, _losses(runs.distill(raw, data=data).out_dir.parent), rtol=1e-5, atol=0)
+    assert all(math.isfinite(s) and s > 0 for s in steps)
+    (packed.teacher.path / "tail.bin").write_bytes(b"\0" * (packed.teacher.path / "tail.bin").stat().st_size)
+    _refusal(packed, data, match="tail.bin does not match its SHA-256")

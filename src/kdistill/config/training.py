@@ -128,6 +128,14 @@ class CacheTeacherConfig(Strict):
     mass: float = Field(1.0, gt=0, le=1, description="causal LMs: keep a token's top classes only until "
                         "they hold this probability mass (1: always k)")
     step: float = Field(1 / 16, gt=0, le=1, description="u8: nats per quantisation step (255 steps)")
+    min_prob: float = Field(0.0, ge=0, lt=1, description="causal LMs: keep a token's top classes only while "
+                            "they are at least this likely (the top-1 always)")
+    tail: Literal["even", "prior"] = Field(
+        "even", description="causal LMs: how the mass beyond the kept classes spreads: evenly, or by the "
+                            "teacher's mean distribution to a fitted power (stored once)")
+    codec: Literal["raw", "packed"] = Field(
+        "raw", description="causal LMs: packed codes ids as gaps between their ranks under the prior and "
+                           "LZMA-compresses each block (needs dtype u8 and tail prior)")
     shard_tokens: int = Field(2**20, gt=0, description="causal LMs: target tokens per shard file")
     verify_checksum: bool = Field(True, description="hash the cache files before training")
 

@@ -331,7 +331,7 @@ class LMCacheTeacher(TeacherSource):
 CHECKED = {"tokenizer_sha256": "tokenizer (vocabulary and special tokens)", "dataset": "dataset",
            "seq_len": "sequence length", "blocks": "training blocks", "target_tokens": "target positions",
            "train_sha256": "training tokens", "targets_sha256": "target positions per block",
-           "encoding": "encoding (k, mass, dtype, step)", "teacher_model": "teacher.model"}
+           "encoding": "encoding (k, mass, dtype, step, min_prob, tail, codec)", "teacher_model": "teacher.model"}
 
 
 def encoding_of(t) -> Encoding:
@@ -339,7 +339,7 @@ def encoding_of(t) -> Encoding:
     if t.format != "topk" or t.k is None:
         raise ConfigError("a language-model teacher cache stores the top tokens per position: set "
                           "teacher.format: topk and teacher.k (e.g. 64)")
-    return Encoding(k=t.k, mass=t.mass, values=t.dtype, step=t.step)
+    return Encoding(k=t.k, mass=t.mass, values=t.dtype, step=t.step, min_prob=t.min_prob, tail=t.tail, codec=t.codec)
 
 
 def run_identity(cfg, data) -> dict:

@@ -35,6 +35,15 @@ def save_state(model: nn.Module, path: Path) -> None:
     atomic_write(path, lambda tmp: save_file(state, tmp))
 
 
+
+def _refuse_lm_fields(t) -> None:
+    """The per-token record options of a language-model cache mean nothing to a classifier's."""
+    set_ = [f for f, default in (("mass", 1.0), ("min_prob", 0.0), ("tail", "even"), ("codec", "raw"))
+            if getattr(t, f) != default]
+    if set_:
+        raise ConfigError(f"teacher.{', teacher.'.join(set_)}: causal-LM cache options; a classifier's cache "
+                          "keeps k classes and the tail mass per sample: remove them")
+
 class ClassificationRecipe(Recipe):
     def build_data(self, cfg):
         return build_data(cfg.data)
@@ -75,6 +84,7 @@ class ClassificationRecipe(Recipe):
         if cfg.teacher.server is not None:
             raise ConfigError("teacher.server (a served teacher) caches causal-LM top-k log-probabilities: a "
                               "classifier's cache runs teacher.model")
+        _refuse_lm_fields(cfg.teacher)
         return cache_teacher(cfg, data, self.teacher_model(cfg, data))
 
     def _source(self, cfg, data, teacher) -> TeacherSource:
@@ -85,6 +95,7 @@ class ClassificationRecipe(Recipe):
             return default_source(cfg, EnsembleTeacher([self._member(cfg, data, m, i) for i, m in enumerate(t.members)],
                                                        t.weights, t.combine, t.temperature))
         if teacher is None and t.kind == "cache":
+            _refuse_lm_fields(t)
             return open_cache(cfg, data)
         model = teacher if teacher is not None else self.teacher_model(cfg, data)
         paths = check_paths(model, cfg.loss.terms, "teacher") if cfg.loss.terms else ()
