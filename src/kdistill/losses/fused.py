@@ -3,7 +3,8 @@
 ``chunked_weighted_loss`` takes the student's final hidden states and its output projection and
 computes ``soft * sum(divergence) + hard * sum(cross-entropy)`` over the selected tokens a chunk
 at a time, with each chunk's gradients made in the forward pass (in closed form for forward KL,
-reverse KL and JSD, and for forward KL from a top-k teacher; by per-chunk autograd otherwise): the (tokens x vocabulary) logits never exist
+reverse KL and JSD, and for forward KL from a top-k teacher, its tail binned or shaped by a
+prior; by per-chunk autograd otherwise): the (tokens x vocabulary) logits never exist
 at once, and no chunk is computed twice. The divergences themselves are in
 ``kdistill.losses.divergences``.
 """

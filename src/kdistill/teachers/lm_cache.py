@@ -9,12 +9,16 @@ and padding are never scored) and writes a folder::
     shard-00000.bin     whole blocks, about ``shard_tokens`` target tokens; sections (8-byte aligned):
                         block_targets u32, block_entries i64 (first entry of each block),
                         log_tail (fp16; fp32 with fp32 values), ids (u16, or u32 past 65,536 tokens),
-                        values (fp32 | fp16 | u8), counts (u8, u16 past k = 255)
+                        values (fp32 | fp16 | u8), counts (u8, u16 past k = 255); with codec
+                        packed: block_targets, block_bytes i64 (offsets), log_tail fp16 and
+                        packed u8 (one LZMA blob of counts, id-rank gaps and values per block)
+    tail.bin            tail: prior only: the prior's u8 log steps (LZMA), fitted on the first
+                        shard with its power (in cache.json); the shards after it use it too
 
 What a token's record holds is in ``kdistill.teachers.lm_records``. The capture streams (one
 shard in memory) and resumes: ``cache.json`` is rewritten after each shard, so a killed capture
 keeps its finished shards (checked by size and SHA-256 on resume) and redoes only the one it was
-writing. Reading is a memory map per shard; a batch is looked up by ``batch["index"]`` (its
+writing (all of them if tail.bin was lost: they were coded with it). Reading is a memory map per shard; a batch is looked up by ``batch["index"]`` (its
 blocks) and returned as ``TopKLogits`` for the fused chunked loss, which never rebuilds the
 teacher's dense distribution.
 
