@@ -48,10 +48,16 @@ def _weights(tmp_path, name):
     return load_file(str(tmp_path / name / "distilled" / "model" / "model.safetensors"))
 
 
-DRIVER = """import sys
+# After the run no sharded or DDP-wrapped module may be left, not even as uncollected garbage: one
+# freed after the process group is destroyed makes gloo's threads abort the process at exit.
+DRIVER = """import gc, sys
+from torch.distributed.fsdp import FSDPModule
+from torch.nn.parallel import DistributedDataParallel
 from kdistill.config import RunConfig
 from kdistill.runs import distill
 distill(RunConfig.from_yaml(sys.argv[1]), resume="--resume" in sys.argv)
+left = [type(o).__name__ for o in gc.get_objects() if isinstance(o, (FSDPModule, DistributedDataParallel))]
+assert not left, f"wrapped modules outlive the process group: {left}"
 """
 
 

@@ -13,6 +13,7 @@ here is a no-op, so the engine has one code path.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 import sys
@@ -90,6 +91,7 @@ def session(device: str) -> Iterator[Context]:
         yield current()
         dist.barrier()  # rank 0's files are complete before any rank returns
     finally:
+        gc.collect()  # what still holds the group's tensors goes now, while the interpreter can free them
         dist.destroy_process_group()
 
 

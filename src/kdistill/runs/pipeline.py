@@ -63,30 +63,38 @@ def fit(cfg, role: str, *, teacher=None, student: nn.Module | None = None, data=
     cfg = role_config(cfg, role)
     out_dir = Path(out_dir or role_dir(cfg, role))
     with preserved_global_state(), distributed.session(cfg.train.device) as ctx:
-        data = data if data is not None else recipe.build_data(cfg)
-        torch.manual_seed(cfg.seed)  # before the model's initialisation: same seed, same student
-        plan = recipe.plan(cfg, data, role, ctx, teacher=teacher, student=student)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if ctx.is_main:
-            atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
-            if hasattr(plan.teacher, "announce"):  # which teacher source, and why
-                print(plan.teacher.announce(), flush=True)
-        torch.manual_seed(cfg.seed)
-        engine = Engine(cfg, plan.model, plan.task, plan.train_batches, plan.val_batches, teacher=plan.teacher,
-                        objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs,
-                        loggers=loggers)
-        history = engine.fit(resume=resume)
-        model = plan.saved_model()
-        if ctx.is_main:
-            recipe.save(model, out_dir, data)
-            summary = {"name": cfg.name, "task": cfg.task, "role": role, "method": plan.objective.name,
-                       "mode": "distill" if plan.teacher else "train", "parameters": count_parameters(model),
-                       "epochs": history, "teacher": plan.teacher.describe() if plan.teacher else None,
-                       "precision": precision_record(cfg), "processes": engine.dist.world_size,
-                       "fingerprint": role_fingerprint(cfg, role),
-                       **plan.notes}
-            atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
-        return RunResult(out_dir, model, history, data)
+        return _fit_in_session(cfg, role, recipe, ctx, out_dir, teacher=teacher, student=student, data=data,
+                               resume=resume, loggers=loggers)
+
+
+def _fit_in_session(cfg, role, recipe, ctx, out_dir, *, teacher, student, data, resume, loggers) -> RunResult:
+    """The body of ``fit`` inside the torchrun session. A function of its own so that the engine,
+    the sharded / DDP-wrapped model and their communication buffers are released before the
+    session destroys the process group (gloo threads freeing them after that abort the process)."""
+    data = data if data is not None else recipe.build_data(cfg)
+    torch.manual_seed(cfg.seed)  # before the model's initialisation: same seed, same student
+    plan = recipe.plan(cfg, data, role, ctx, teacher=teacher, student=student)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        atomic_write_text(out_dir / "config.yaml", cfg.to_yaml())
+        if hasattr(plan.teacher, "announce"):  # which teacher source, and why
+            print(plan.teacher.announce(), flush=True)
+    torch.manual_seed(cfg.seed)
+    engine = Engine(cfg, plan.model, plan.task, plan.train_batches, plan.val_batches, teacher=plan.teacher,
+                    objective=plan.objective, out_dir=out_dir, num_outputs=plan.num_outputs,
+                    loggers=loggers)
+    history = engine.fit(resume=resume)
+    model = plan.saved_model()
+    if ctx.is_main:
+        recipe.save(model, out_dir, data)
+        summary = {"name": cfg.name, "task": cfg.task, "role": role, "method": plan.objective.name,
+                   "mode": "distill" if plan.teacher else "train", "parameters": count_parameters(model),
+                   "epochs": history, "teacher": plan.teacher.describe() if plan.teacher else None,
+                   "precision": precision_record(cfg), "processes": engine.dist.world_size,
+                   "fingerprint": role_fingerprint(cfg, role),
+                   **plan.notes}
+        atomic_write_text(out_dir / SUMMARY, json.dumps(summary, indent=2))
+    return RunResult(out_dir, model, history, data)
 
 
 def cache_teacher(cfg, data=None):
