@@ -5,10 +5,11 @@ reused) -> a small CNN student (8-16 channels, 64 hidden), every row with the sa
 and optimiser (the configs ``configs/methods_*.yaml``, which run the same with ``kdistill
 distill``): scratch, KD, each feature method (FitNets hints, attention transfer, RKD, PKT), DKD,
 DIST, logit standardisation, KD + the best feature method, a 3-teacher ensemble (teachers of
-seeds 0, 1, 2), and the temperature strategies (constant T = 4 = the KD row, cosine 20 -> 2,
-per-sample, learned). Per row: last-epoch test accuracy mean ± std over the seeds (nothing is
-selected on the test set), agreement with the row's teacher, training seconds per epoch relative
-to KD. A second, smaller table on MNIST: the bundled ccexam CNN -> an MLP (784-256-10).
+seeds 0, 1, 2; the mean of their probabilities, and of their logits), and the temperature
+strategies (constant T = 4 = the KD row, cosine 20 -> 2, per-sample, learned). Per row: last-epoch
+test accuracy mean ± std over the seeds (nothing is selected on the test set), agreement with
+the row's teacher, training seconds per epoch relative to KD. A second, smaller table on MNIST: the bundled ccexam CNN -> an MLP
+(784-256-10).
 
     python bench/methods.py                  # full table (about an hour on one idle core)
     python bench/methods.py --quick          # ~1 minute: tiny subset, 1 epoch, 1 seed; same code path
@@ -49,6 +50,7 @@ TEACHER_SEEDS = (0, 1, 2)
 # Fashion-MNIST rows: name -> config file (configs/methods_<file>.yaml); "kd_best" is built from the best feature row
 FASHION_ROWS = {"scratch": "kd", "kd": "kd", "hint": "hint", "attention": "attention", "rkd": "rkd", "pkt": "pkt",
                 "dkd": "dkd", "dist": "dist", "standardize": "standardize", "kd_best": None, "ensemble": "ensemble",
+                "ensemble_logits": "ensemble",
                 "cosine_t": "cosine_t", "per_sample_t": "per_sample_t", "learned_t": "learned_t"}
 FEATURE_ROWS = ("hint", "attention", "rkd", "pkt")
 # MNIST: the bundled CNN's penultimate ReLU (classifier.1, 128 wide) and the MLP's hidden ReLU (net.2)
@@ -82,6 +84,8 @@ def shrink(cfg: RunConfig, quick: bool, epochs: int | None) -> RunConfig:
         cfg.data.limit_train, cfg.data.val_size = 512, 0
         if isinstance(cfg.loss.warmup_epochs, float):
             cfg.loss.warmup_epochs = 0.5
+        if getattr(cfg.optim.lr, "warmup_steps", 0):  # 4 steps in all: a 100-step warm-up never reaches the lr
+            cfg.optim.lr = cfg.optim.lr.model_copy(update={"warmup_steps": 1})
         if getattr(cfg.loss.temperature, "kind", None) == "learned":
             cfg.loss.temperature = cfg.loss.temperature.model_copy(update={"loops_epochs": 0.5})
     return cfg
@@ -191,6 +195,10 @@ def step_costs(cfgs: dict[str, RunConfig], data, steps: int, rounds: int) -> dic
 
 def row_config(row: str, records: dict) -> RunConfig | None:
     """The row's config (``kd_best``: KD plus the terms of the most accurate feature row so far)."""
+    if row == "ensemble_logits":  # the same members, their mean logit (a product of experts)
+        cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_ensemble.yaml")
+        cfg.teacher.combine, cfg.name = "mean_logits", "methods-ensemble-logits"
+        return cfg
     if row != "kd_best":
         return RunConfig.from_yaml(ROOT / "configs" / f"methods_{FASHION_ROWS[row]}.yaml")
     done = {r: statistics.fmean(x["accuracy"] for x in records[r]) for r in FEATURE_ROWS if r in records}
@@ -205,7 +213,7 @@ def row_config(row: str, records: dict) -> RunConfig | None:
 
 
 def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
-                  timing: tuple[int, int] | None = None) -> dict:
+                  timing: tuple[int, int] | None = None, student_epochs: int | None = None) -> dict:
     data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
                       quick)
     teachers = fashion_teachers(out, data, quick, epochs)
@@ -218,10 +226,15 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
         if (cfg := row_config(row, records)) is None:
             continue
         cfg = point_teachers(shrink(cfg, quick, epochs), out)
+        folder = row
+        if student_epochs:  # kept beside the configs' own runs
+            cfg.train.epochs, folder = student_epochs, f"{row}-e{student_epochs}"
+            cfg.train.output_dir = out / folder
         cfgs[row] = cfg
+        target = (combine_logits([teachers[s] for s in TEACHER_SEEDS], [1 / 3] * 3, cfg.teacher.combine,
+                                 cfg.teacher.temperature) if cfg.teacher.kind == "ensemble" else teachers[0])
         records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
-                                    out / row / f"seed{s}", ensemble if row == "ensemble" else teachers[0])
-                        for s in seeds]
+                                    out / folder / f"seed{s}", target) for s in seeds]
     kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
     table = {row: summarise(recs, kd) for row, recs in records.items()}
     if timing and "kd" in cfgs:
@@ -234,13 +247,14 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
     return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test)}
 
 
-def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None) -> dict:
+def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
+                student_epochs: int | None = None) -> dict:
     base = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml").model_dump(mode="json")
     base.update(name="methods-mnist", data={"dataset": "mnist", "batch_size": 128},
                 teacher={"kind": "live", "model": {"arch": "pretrained", "name": "ccexam-mnist"}},
                 student={"arch": "mlp", "hidden": [256]})
     base["optim"]["lr"] = {"kind": "cosine", "start": 0.015, "end": 0.0, "warmup_steps": 100}  # ccexam's large logits diverge at 0.05
-    base["train"]["epochs"] = 5
+    base["train"]["epochs"] = student_epochs or 5
     data = quick_data(build_data(shrink(RunConfig.parse(base), quick, epochs).data), quick)
     teacher_cfg = RunConfig.parse(base)
     teacher = logits(build_model(teacher_cfg.teacher.model, data.input_shape, data.num_classes), data, teacher_cfg)
@@ -249,8 +263,9 @@ def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs
         if row not in rows:
             continue
         cfg = shrink(RunConfig.parse({**base, "name": f"methods-mnist-{row}", "loss": loss}), quick, epochs)
-        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
-                                    out / "mnist" / row / f"seed{s}", teacher) for s in seeds]
+        folder = out / "mnist" / (f"{row}-e{student_epochs}" if student_epochs else row)
+        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data, folder / f"seed{s}",
+                                    teacher) for s in seeds]
     kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
     table = {row: summarise(recs, kd) for row, recs in records.items()}
     table["teacher"] = {"accuracy_mean": float((teacher.argmax(-1) == data.test.labels).float().mean())}
@@ -283,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1,2", help="student seeds (--quick: 0)")
     p.add_argument("--rows", default=",".join([*FASHION_ROWS, *MNIST_LOSSES]), help="rows to run now")
     p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
+    p.add_argument("--student-epochs", type=int, default=None, help="override the students' epochs only "
+                   "(the teachers keep theirs; run folders get an -e<N> suffix)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
     p.add_argument("--timing", default=None, help="steps,rounds of the Fashion rows' step timing "
@@ -303,8 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     empty = {"table": {}, "train_samples": 0, "test_samples": 0}
     timing = tuple(int(x) for x in (args.timing or ("10,2" if args.quick else "40,7")).split(","))
     timing = timing if timing[0] > 0 else None
-    fashion = fashion_table(out, rows, seeds, args.quick, args.epochs, timing) if "fashion_mnist" in tables else empty
-    mnist = mnist_table(out, rows, seeds, args.quick, args.epochs) if "mnist" in tables else empty
+    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs)
+               if "fashion_mnist" in tables else empty)
+    mnist = mnist_table(out, rows, seeds, args.quick, args.epochs, args.student_epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "command": "python bench/methods.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "seeds": seeds, "teacher_seeds": list(TEACHER_SEEDS), "fashion_mnist": fashion, "mnist": mnist,
