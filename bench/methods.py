@@ -47,11 +47,19 @@ from kdistill.teachers import combine_logits
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = "result.json"
 TEACHER_SEEDS = (0, 1, 2)
-# Fashion-MNIST rows: name -> config file (configs/methods_<file>.yaml); "kd_best" is built from the best feature row
+# The teachers' folders under --out: the same config of each seed, on the whole training split and
+# on a bootstrap resample of it (data.bootstrap_seed = the seed: bagging)
+TEACHER_FOLDERS = {f"teacher-{kind}seed{s}": (s, kind == "bagged-") for kind in ("", "bagged-") for s in TEACHER_SEEDS}
+# Fashion-MNIST rows: name -> config file (configs/methods_<file>.yaml); "kd_best" is built from the best feature row,
+# "kd_teacher<N>" / "kd_bagged" are KD from one other teacher (the candidates for the best single-teacher student)
 FASHION_ROWS = {"scratch": "kd", "kd": "kd", "hint": "hint", "attention": "attention", "rkd": "rkd", "pkt": "pkt",
                 "dkd": "dkd", "dist": "dist", "standardize": "standardize", "kd_best": None, "ensemble": "ensemble",
-                "ensemble_logits": "ensemble",
+                "ensemble_logits": "ensemble", "ensemble_bagged": "ensemble_bagged",
+                "kd_teacher1": "kd", "kd_teacher2": "kd", "kd_bagged": "kd",
                 "cosine_t": "cosine_t", "per_sample_t": "per_sample_t", "learned_t": "learned_t"}
+SINGLE_TEACHER_KD = {"kd": "teacher-seed0", "kd_teacher1": "teacher-seed1", "kd_teacher2": "teacher-seed2",
+                     "kd_bagged": "teacher-bagged-seed0"}
+ENSEMBLE_ROWS = ("ensemble", "ensemble_logits", "ensemble_bagged")
 FEATURE_ROWS = ("hint", "attention", "rkd", "pkt")
 # MNIST: the bundled CNN's penultimate ReLU (classifier.1, 128 wide) and the MLP's hidden ReLU (net.2)
 MNIST_LOSSES = {
@@ -91,13 +99,26 @@ def shrink(cfg: RunConfig, quick: bool, epochs: int | None) -> RunConfig:
     return cfg
 
 
+def teacher_folders(cfg: RunConfig) -> list[str]:
+    """The folder (a key of TEACHER_FOLDERS) of each of the config's teachers."""
+    members = cfg.teacher.members if cfg.teacher.kind == "ensemble" else [cfg.teacher]
+    return [Path(m.model.weights).parts[-3] for m in members]
+
+
 def point_teachers(cfg: RunConfig, out: Path) -> RunConfig:
     """Make the config's teacher weights those this bench trained under ``out``."""
     members = cfg.teacher.members if cfg.teacher.kind == "ensemble" else [cfg.teacher]
-    for member in members:
-        seed = Path(member.model.weights).parts[-3].removeprefix("teacher-seed")
-        member.model.weights = out / f"teacher-seed{seed}" / "teacher" / "model.safetensors"
+    for member, folder in zip(members, teacher_folders(cfg)):
+        member.model.weights = out / folder / "teacher" / "model.safetensors"
     return cfg
+
+
+def row_target(cfg: RunConfig, teachers: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The test logits the row's student is compared with: its teacher's, or its ensemble's combination."""
+    found = [teachers[f] for f in teacher_folders(cfg)]
+    if cfg.teacher.kind != "ensemble":
+        return found[0]
+    return combine_logits(found, [1 / len(found)] * len(found), cfg.teacher.combine, cfg.teacher.temperature)
 
 
 def logits(model, data, cfg) -> torch.Tensor:
@@ -129,20 +150,23 @@ def run_student(row: str, cfg: RunConfig, data, run_dir: Path, teacher_logits: t
     return record
 
 
-def fashion_teachers(out: Path, data, quick: bool, epochs: int | None) -> dict[int, torch.Tensor]:
-    """Train (or reuse) the teacher of each seed; their test logits."""
+def fashion_teachers(out: Path, data, quick: bool, epochs: int | None, folders: set[str]) -> dict[str, torch.Tensor]:
+    """Train (or reuse) the teachers in ``folders`` (keys of TEACHER_FOLDERS); their test logits."""
     base = shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_teacher.yaml"), quick, epochs)
     found = {}
-    for seed in TEACHER_SEEDS:
+    for folder in sorted(folders):
+        seed, bagged = TEACHER_FOLDERS[folder]
         cfg = base.model_copy(update={"seed": seed}, deep=True)
-        cfg.train.output_dir = out / f"teacher-seed{seed}"
+        cfg.train.output_dir = out / folder
+        if bagged:
+            cfg.data.bootstrap_seed = seed
         if not trained(cfg, "teacher"):
-            print(f"  training the teacher of seed {seed}", flush=True)
-            train(cfg, role="teacher", data=data)
+            print(f"  training {folder}", flush=True)
+            train(cfg, role="teacher", data=data if not bagged else None)
         spec = cfg.teacher.model
         model = load_weights(build_model(spec, data.input_shape, data.num_classes),
                              cfg.train.output_dir / "teacher" / "model.safetensors")
-        found[seed] = logits(model, data, cfg)
+        found[folder] = logits(model, data, cfg)
     return found
 
 
@@ -195,6 +219,11 @@ def step_costs(cfgs: dict[str, RunConfig], data, steps: int, rounds: int) -> dic
 
 def row_config(row: str, records: dict) -> RunConfig | None:
     """The row's config (``kd_best``: KD plus the terms of the most accurate feature row so far)."""
+    if row in SINGLE_TEACHER_KD and row != "kd":  # KD from another single teacher
+        cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml")
+        cfg.teacher.model.weights = Path("runs/methods-fmnist") / SINGLE_TEACHER_KD[row] / "teacher" / "model.safetensors"
+        cfg.name = f"methods-{row.replace('_', '-')}"
+        return cfg
     if row == "ensemble_logits":  # the same members, their mean logit (a product of experts)
         cfg = RunConfig.from_yaml(ROOT / "configs" / "methods_ensemble.yaml")
         cfg.teacher.combine, cfg.name = "mean_logits", "methods-ensemble-logits"
@@ -216,8 +245,9 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
                   timing: tuple[int, int] | None = None, student_epochs: int | None = None) -> dict:
     data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
                       quick)
-    teachers = fashion_teachers(out, data, quick, epochs)
-    ensemble = combine_logits([teachers[s] for s in TEACHER_SEEDS], [1 / 3] * 3, "mean_probs", 4.0)
+    wanted = {"teacher-seed0"} | {f for r in rows & set(SINGLE_TEACHER_KD) for f in [SINGLE_TEACHER_KD[r]]} | \
+        {f for r in rows & set(ENSEMBLE_ROWS) for f in teacher_folders(row_config(r, {}))}
+    teachers = fashion_teachers(out, data, quick, epochs, wanted)
     records: dict[str, list[dict]] = {}
     cfgs: dict[str, RunConfig] = {}
     for row in FASHION_ROWS:
@@ -231,8 +261,7 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
             cfg.train.epochs, folder = student_epochs, f"{row}-e{student_epochs}"
             cfg.train.output_dir = out / folder
         cfgs[row] = cfg
-        target = (combine_logits([teachers[s] for s in TEACHER_SEEDS], [1 / 3] * 3, cfg.teacher.combine,
-                                 cfg.teacher.temperature) if cfg.teacher.kind == "ensemble" else teachers[0])
+        target = row_target(cfg, teachers)
         records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
                                     out / folder / f"seed{s}", target) for s in seeds]
     kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
@@ -242,9 +271,34 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
             table[row].update(cost)
     if "kd_best" in table:
         table["kd_best"]["feature_method"] = records["kd_best"][0]["config"]["name"].removeprefix("methods-kd-")
-    table["teacher_seed0"] = {"accuracy_mean": float((teachers[0].argmax(-1) == data.test.labels).float().mean())}
-    table["teacher_ensemble"] = {"accuracy_mean": float((ensemble.argmax(-1) == data.test.labels).float().mean())}
-    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test)}
+    test_accuracy = lambda t: float((t.argmax(-1) == data.test.labels).float().mean())
+    for folder, teacher in teachers.items():
+        table[folder.replace("-", "_")] = {"accuracy_mean": test_accuracy(teacher)}
+    for row in ENSEMBLE_ROWS:
+        if row in cfgs:
+            table[f"teacher_{row}"] = {"accuracy_mean": test_accuracy(row_target(cfgs[row], teachers))}
+    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test),
+            "ensemble_target": ensemble_target(records)}
+
+
+def ensemble_target(records: dict[str, list[dict]]) -> dict | None:
+    """Issue 16's target: the best 3-teacher ensemble student against the best single-teacher KD
+    student (of every teacher run here), by mean test accuracy; met when it is ahead by more than
+    twice the larger seed std (the bar of the methods' target). The gaps paired by seed too."""
+    singles = {r: records[r] for r in SINGLE_TEACHER_KD if r in records}
+    ensembles = {r: records[r] for r in ENSEMBLE_ROWS if r in records}
+    if not singles or not ensembles:
+        return None
+    mean = lambda recs: statistics.fmean(x["accuracy"] for x in recs)
+    single, ensemble = max(singles, key=lambda r: mean(singles[r])), max(ensembles, key=lambda r: mean(ensembles[r]))
+    by_seed = {x["seed"]: x["accuracy"] for x in singles[single]}
+    gaps = [x["accuracy"] - by_seed[x["seed"]] for x in ensembles[ensemble] if x["seed"] in by_seed]
+    stds = [statistics.stdev(x["accuracy"] for x in recs) if len(recs) > 1 else 0.0
+            for recs in (singles[single], ensembles[ensemble])]
+    gap = mean(ensembles[ensemble]) - mean(singles[single])
+    return {"best_single_teacher_kd": single, "best_ensemble": ensemble, "gap": gap, "larger_std": max(stds),
+            "gap_per_seed": gaps, "ensemble_ahead_in_every_seed": bool(gaps) and min(gaps) > 0,
+            "met": gap > 2 * max(stds)}
 
 
 def mnist_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
@@ -341,6 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     print_table(f"Fashion-MNIST, CNN teacher -> small CNN, {len(seeds)} seed(s), last-epoch test accuracy "
                 f"({result['fashion_mnist']['test_samples']} images){quick}", result["fashion_mnist"]["table"])
     print_table(f"MNIST, bundled ccexam CNN -> MLP 784-256-10{quick}", result["mnist"]["table"])
+    if (target := result["fashion_mnist"].get("ensemble_target")):
+        print(f"\nensemble target: {target['best_ensemble']} - {target['best_single_teacher_kd']} = "
+              f"{100 * target['gap']:+.2f} points (2 x larger std {200 * target['larger_std']:.2f}; per seed "
+              f"{', '.join(f'{100 * g:+.2f}' for g in target['gap_per_seed'])}): {'met' if target['met'] else 'missed'}")
     print(f"\n{result['wall_seconds']:.0f}s; wrote {json_path}")
     return 0
 

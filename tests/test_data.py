@@ -87,6 +87,24 @@ def test_limit_train_applies_after_train_on_val():
     assert len(d.train) == 2000 and d.val is None
 
 
+def test_bootstrap_resamples_the_training_split_with_replacement_per_seed(tmp_path):
+    from safetensors.torch import save_file
+
+    t = {"train_inputs": torch.arange(2000.0).reshape(1000, 2) / 2000, "train_labels": torch.arange(1000) % 3,
+         "test_inputs": torch.rand(5, 2), "test_labels": torch.zeros(5, dtype=torch.long)}
+    save_file(t, tmp_path / "d.safetensors")
+    cfg = DataConfig(dataset="tensors", path=tmp_path / "d.safetensors", val_size=0)
+    whole, a, a_again, b = (build_data(cfg.model_copy(update={"bootstrap_seed": s})) for s in (None, 1, 1, 2))
+    assert len(a.train) == len(whole.train) == 1000
+    rows = {tuple(x.tolist()) for x in a.train.inputs}
+    assert 0.55 < len(rows) / 1000 < 0.70  # 1 - 1/e of the samples, the rest repeats
+    pairs = {(round(x[0].item() * 2000), y.item()) for x, y in zip(a.train.inputs, a.train.labels)}
+    assert all(i // 2 % 3 == y for i, y in pairs)  # each image keeps its label
+    assert torch.equal(a.train.inputs, a_again.train.inputs) and not torch.equal(a.train.inputs, b.train.inputs)
+    assert len({whole.identity, a.identity, b.identity}) == 3 and a.identity == a_again.identity
+    assert torch.equal(a.test.inputs, whole.test.inputs)  # only what is trained on is resampled
+
+
 def test_affine_moves_images_within_its_bounds_deterministically():
     from kdistill.data.core import random_affine
 

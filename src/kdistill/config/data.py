@@ -24,6 +24,9 @@ class DataConfig(Strict):
     train_on_val: bool = Field(False, description="train on train+val (and select nothing on val)")
     val_size: int = Field(10000, ge=0, description="held out from train where no val split exists")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
+    bootstrap_seed: Optional[int] = Field(
+        None, description="train on a bootstrap resample of the training split drawn with this seed "
+                          "(bagging: ensemble teachers that differ on the training images)")
     image_size: int = Field(32, gt=0, description="image_folder: images are resized to this square")
     grayscale: bool = False
 

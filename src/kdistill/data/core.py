@@ -36,6 +36,12 @@ class Split:
     def subset(self, n: int) -> "Split":
         return Split(self.inputs[:n], self.labels[:n], self.name)
 
+    def bootstrap(self, seed: int) -> "Split":
+        """As many samples drawn with replacement (Breiman's bagging): about 63% of them, some
+        twice or more; members trained on different draws disagree on the samples they lack."""
+        picks = torch.randint(len(self), (len(self),), generator=torch.Generator().manual_seed(seed))
+        return Split(self.inputs[picks], self.labels[picks], self.name)
+
     def fingerprints(self) -> torch.Tensor:
         """(N,) ``kdistill.data.fingerprint`` of every sample's inputs, computed on first use
         (and again if ``inputs`` was replaced)."""

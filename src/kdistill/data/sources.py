@@ -180,8 +180,11 @@ def build_data(cfg) -> DataSplits:
         splits.val = None
     if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
         splits.train = splits.train.subset(cfg.limit_train)
+    if cfg.bootstrap_seed is not None:
+        splits.train = splits.train.bootstrap(cfg.bootstrap_seed)
     splits.identity = (
         f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
         f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
+        + (f":bootstrap={cfg.bootstrap_seed}" if cfg.bootstrap_seed is not None else "")
     )
     return splits
