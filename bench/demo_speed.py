@@ -31,6 +31,7 @@ import json
 import multiprocessing
 import os
 import platform
+import queue
 import shutil
 import statistics
 import subprocess
@@ -129,18 +130,27 @@ def side_by_side(epochs: int, out: Path) -> dict:
     turns = {"scratch": ctx.Semaphore(1), "distilled": ctx.Semaphore(0)}
     done = {name: ctx.Value("i", 0) for name in turns}
     results = ctx.Queue()
-    procs = [ctx.Process(target=_take_turns, args=(me, other, epochs, str(out / me), turns, done, results))
+    procs = [ctx.Process(target=_take_turns, args=(me, other, epochs, str(out / me), turns, done, results), name=me)
              for me, other in (("scratch", "distilled"), ("distilled", "scratch"))]
     for proc in procs:
         proc.start()
     found = {}
-    for _ in procs:
-        me, seconds, cpu, wall, error = results.get()
-        if error:
-            raise SystemExit(f"the {me} run failed: {error}")
-        found[me] = (seconds, cpu, wall)
-    for proc in procs:
-        proc.join()
+    try:
+        while len(found) < len(procs):
+            try:
+                me, seconds, cpu, wall, error = results.get(timeout=5)
+            except queue.Empty:  # a run killed hard (OOM, SIGKILL) never reports: its partner would wait forever
+                if dead := [p.name for p in procs if p.exitcode not in (None, 0)]:
+                    raise SystemExit(f"a run's process died without a result ({', '.join(dead)})") from None
+                continue
+            if error:
+                raise SystemExit(f"the {me} run failed: {error}")
+            found[me] = (seconds, cpu, wall)
+    finally:
+        for proc in procs:
+            if len(found) < len(procs):
+                proc.terminate()
+            proc.join()
     return found
 
 
