@@ -199,11 +199,14 @@ def step_costs(cfgs: dict[str, RunConfig], data, steps: int, rounds: int) -> dic
             engine.train_batches.set_epoch(0)
             batches = [b for _, b in zip(range(steps), engine.train_batches)]
             if engine.teacher is not None:  # the first epoch's pass, memoized for the rounds
-                engine.teacher.outputs(batches[0])  # untimed: the first call's one-time set-up
-                t0 = time.perf_counter()
-                for b in batches[1:]:
+                # the first call's one-time set-up untimed (unless it is the only batch)
+                warm, timed = (batches[:1], batches[1:]) if len(batches) > 1 else ([], batches)
+                for b in warm:
                     engine.teacher.outputs(b)
-                teacher_ms[row] = 1e3 * (time.perf_counter() - t0) / max(len(batches) - 1, 1)
+                t0 = time.perf_counter()
+                for b in timed:
+                    engine.teacher.outputs(b)
+                teacher_ms[row] = 1e3 * (time.perf_counter() - t0) / len(timed)
             engines[row] = (engine, batches, engine.hparams(engine.total_steps // 2))  # every term switched on
         per_round: dict[str, list[float]] = {row: [] for row in engines}
         for _ in range(rounds + 1):  # round 0 warms up
