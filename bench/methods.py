@@ -248,7 +248,8 @@ def row_config(row: str, records: dict) -> RunConfig | None:
 
 
 def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
-                  timing: tuple[int, int] | None = None, student_epochs: int | None = None) -> dict:
+                  timing: tuple[int, int] | None = None, student_epochs: int | None = None,
+                  student_width: tuple[list[int], int] | None = None) -> dict:
     data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
                       quick)
     wanted = {"teacher-seed0"} | {f for r in rows & set(SINGLE_TEACHER_KD) for f in [SINGLE_TEACHER_KD[r]]} | \
@@ -264,7 +265,13 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
         cfg = point_teachers(shrink(cfg, quick, epochs), out)
         folder = row
         if student_epochs:  # kept beside the configs' own runs
-            cfg.train.epochs, folder = student_epochs, f"{row}-e{student_epochs}"
+            cfg.train.epochs, folder = student_epochs, f"{folder}-e{student_epochs}"
+        if student_width:
+            channels, hidden = student_width
+            cfg.student = type(cfg.student).model_validate({**cfg.student.model_dump(), "channels": channels,
+                                                            "hidden": hidden})
+            folder = f"{folder}-c{'x'.join(map(str, channels))}h{hidden}"
+        if folder != row:
             cfg.train.output_dir = out / folder
         cfgs[row] = cfg
         target = row_target(cfg, teachers)
@@ -360,6 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
     p.add_argument("--student-epochs", type=int, default=None, help="override the students' epochs only "
                    "(the teachers keep theirs; run folders get an -e<N> suffix)")
+    p.add_argument("--student-width", default=None, metavar="C1,C2:HIDDEN", help="the Fashion students' CNN "
+                   "channels and hidden width instead of the configs' 8,16:64 (run folders get a -c<C1>x<C2>h<H> suffix)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
     p.add_argument("--timing", default=None, help="steps,rounds of the Fashion rows' step timing "
@@ -380,7 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     empty = {"table": {}, "train_samples": 0, "test_samples": 0}
     timing = tuple(int(x) for x in (args.timing or ("10,2" if args.quick else "40,7")).split(","))
     timing = timing if timing[0] > 0 else None
-    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs)
+    width = None
+    if args.student_width:
+        channels, _, hidden = args.student_width.partition(":")
+        try:
+            width = ([int(c) for c in channels.split(",")], int(hidden))
+        except ValueError:
+            p.error(f"--student-width: channels and hidden width as C1,C2:HIDDEN (e.g. 16,32:128), got {args.student_width!r}")
+    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs, width)
                if "fashion_mnist" in tables else empty)
     mnist = mnist_table(out, rows, seeds, args.quick, args.epochs, args.student_epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
