@@ -359,6 +359,15 @@ def machine() -> dict:
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg": os.getloadavg()}
 
 
+def cnn_width(text: str) -> tuple[list[int], int]:
+    """``--student-width``: "16,32:128" -> ([16, 32], 128)."""
+    channels, _, hidden = text.partition(":")
+    try:
+        return [int(c) for c in channels.split(",")], int(hidden)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"channels and hidden width as C1,C2:HIDDEN (e.g. 16,32:128), got {text!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="512 training images, 1 epoch, 1 seed (~1 minute)")
@@ -367,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None, help="override every run's epochs (teachers too)")
     p.add_argument("--student-epochs", type=int, default=None, help="override the students' epochs only "
                    "(the teachers keep theirs; run folders get an -e<N> suffix)")
-    p.add_argument("--student-width", default=None, metavar="C1,C2:HIDDEN", help="the Fashion students' CNN "
+    p.add_argument("--student-width", type=cnn_width, default=None, metavar="C1,C2:HIDDEN", help="the Fashion students' CNN "
                    "channels and hidden width instead of the configs' 8,16:64 (run folders get a -c<C1>x<C2>h<H> suffix)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
@@ -389,14 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     empty = {"table": {}, "train_samples": 0, "test_samples": 0}
     timing = tuple(int(x) for x in (args.timing or ("10,2" if args.quick else "40,7")).split(","))
     timing = timing if timing[0] > 0 else None
-    width = None
-    if args.student_width:
-        channels, _, hidden = args.student_width.partition(":")
-        try:
-            width = ([int(c) for c in channels.split(",")], int(hidden))
-        except ValueError:
-            p.error(f"--student-width: channels and hidden width as C1,C2:HIDDEN (e.g. 16,32:128), got {args.student_width!r}")
-    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs, width)
+    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs, args.student_width)
                if "fashion_mnist" in tables else empty)
     mnist = mnist_table(out, rows, seeds, args.quick, args.epochs, args.student_epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
