@@ -16,6 +16,8 @@ the row's teacher, training seconds per epoch relative to KD. A second, smaller 
     python bench/methods.py                  # full table (about an hour on one idle core)
     python bench/methods.py --quick          # ~1 minute: tiny subset, 1 epoch, 1 seed; same code path
     python bench/methods.py --rows kd,dkd    # some rows only (finished runs are reused)
+    python bench/methods.py --labelled 2000  # teachers (and scratch) on 2,000 labelled images; the
+                                             # distilled students on the other 48,000 unlabelled too
 
 Every finished run is kept under ``--out`` with a result.json; a later invocation with the same
 config reuses it, so rows can run in separate processes and a plain invocation assembles the table.
@@ -107,12 +109,23 @@ def teacher_folders(cfg: RunConfig) -> list[str]:
     return [Path(m.model.weights).parts[-3] for m in members]
 
 
-def point_teachers(cfg: RunConfig, out: Path) -> RunConfig:
-    """Make the config's teacher weights those this bench trained under ``out``."""
+def point_teachers(cfg: RunConfig, out: Path, suffix: str = "") -> RunConfig:
+    """Make the config's teacher weights those this bench trained under ``out`` (in the folders
+    with ``suffix``: teachers of a --labelled run)."""
     members = cfg.teacher.members if cfg.teacher.kind == "ensemble" else [cfg.teacher]
     for member, folder in zip(members, teacher_folders(cfg)):
-        member.model.weights = out / folder / "teacher" / "model.safetensors"
+        member.model.weights = out / f"{folder}{suffix}" / "teacher" / "model.safetensors"
     return cfg
+
+
+def labelled_data(cfg: RunConfig, labelled: int, quick: bool, unlabeled: bool) -> RunConfig:
+    """``cfg`` trained on the first ``labelled`` training images (--quick: 256 of them), the rest
+    of the split (--quick: 256 images) joining a student's transfer set without labels if
+    ``unlabeled``: the setting of Bucila et al.'s model compression, where a teacher (an
+    ensemble) labels images nobody labelled."""
+    update = {"limit_train": min(labelled, 256) if quick else labelled, "unlabeled_from_train": unlabeled,
+              "limit_unlabeled": 256 if quick and unlabeled else None}
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update=update)})
 
 
 def row_target(cfg: RunConfig, teachers: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -152,23 +165,30 @@ def run_student(row: str, cfg: RunConfig, data, run_dir: Path, teacher_logits: t
     return record
 
 
-def fashion_teachers(out: Path, data, quick: bool, epochs: int | None, folders: set[str]) -> dict[str, torch.Tensor]:
-    """Train (or reuse) the teachers in ``folders`` (keys of TEACHER_FOLDERS); their test logits."""
+def fashion_teachers(out: Path, data, quick: bool, epochs: int | None, folders: set[str],
+                     labelled: int | None = None) -> dict[str, torch.Tensor]:
+    """Train (or reuse) the teachers in ``folders`` (keys of TEACHER_FOLDERS; with ``labelled``,
+    on that many images, in folders with an -l<N> suffix); their test logits, by folder name."""
     base = shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_teacher.yaml"), quick, epochs)
+    if labelled:  # as many steps as on the whole split, no val pass (nothing is selected on it)
+        base = labelled_data(base, labelled, quick, unlabeled=False)
+        base.data.val_size = 0  # the val images are the split's last: the first N stay the same
+        if not quick:
+            base.train.epochs = round(base.train.epochs * len(data.train) / labelled)
     found = {}
     for folder in sorted(folders):
         seed, bagged = TEACHER_FOLDERS[folder]
         cfg = base.model_copy(update={"seed": seed}, deep=True)
-        cfg.train.output_dir = out / folder
+        cfg.train.output_dir = out / (f"{folder}-l{labelled}" if labelled else folder)
         if bagged:
             cfg.data.bootstrap_seed = seed
         if not trained(cfg, "teacher"):
-            print(f"  training {folder}", flush=True)
-            train(cfg, role="teacher", data=data if not bagged else None)
+            print(f"  training {cfg.train.output_dir.name}", flush=True)
+            train(cfg, role="teacher", data=data if not (bagged or labelled) else None)
         spec = cfg.teacher.model
         model = load_weights(build_model(spec, data.input_shape, data.num_classes),
                              cfg.train.output_dir / "teacher" / "model.safetensors")
-        found[folder] = logits(model, data, cfg)
+        found[cfg.train.output_dir.name] = logits(model, data, cfg)
     return found
 
 
@@ -249,12 +269,20 @@ def row_config(row: str, records: dict) -> RunConfig | None:
 
 def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epochs: int | None,
                   timing: tuple[int, int] | None = None, student_epochs: int | None = None,
-                  student_width: tuple[list[int], int] | None = None) -> dict:
+                  student_width: tuple[list[int], int] | None = None, labelled: int | None = None) -> dict:
     data = quick_data(build_data(shrink(RunConfig.from_yaml(ROOT / "configs" / "methods_kd.yaml"), quick, epochs).data),
                       quick)
     wanted = {"teacher-seed0"} | {f for r in rows & set(SINGLE_TEACHER_KD) for f in [SINGLE_TEACHER_KD[r]]} | \
         {f for r in rows & set(ENSEMBLE_ROWS) for f in teacher_folders(row_config(r, {}))}
-    teachers = fashion_teachers(out, data, quick, epochs, wanted)
+    teachers = fashion_teachers(out, data, quick, epochs, wanted, labelled)
+    datasets: dict[str, object] = {}  # the students' splits by data section (--labelled: with and without unlabelled)
+
+    def splits_for(cfg: RunConfig):
+        key = cfg.data.model_dump_json()
+        if key not in datasets:
+            datasets[key] = quick_data(build_data(cfg.data), quick)
+        return datasets[key]
+
     records: dict[str, list[dict]] = {}
     cfgs: dict[str, RunConfig] = {}
     for row in FASHION_ROWS:
@@ -262,7 +290,7 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
             continue
         if (cfg := row_config(row, records)) is None:
             continue
-        cfg = point_teachers(shrink(cfg, quick, epochs), out)
+        cfg = point_teachers(shrink(cfg, quick, epochs), out, f"-l{labelled}" if labelled else "")
         folder = row
         if student_epochs:  # kept beside the configs' own runs
             cfg.train.epochs, folder = student_epochs, f"{folder}-e{student_epochs}"
@@ -271,11 +299,19 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
             cfg.student = type(cfg.student).model_validate({**cfg.student.model_dump(), "channels": channels,
                                                             "hidden": hidden})
             folder = f"{folder}-c{'x'.join(map(str, channels))}h{hidden}"
+        student_data = data
+        if labelled:  # the distilled students learn on every image, the scratch one on the labelled alone
+            transfer = labelled_data(cfg, labelled, quick, unlabeled=True)
+            cfg = transfer if row != "scratch" else labelled_data(cfg, labelled, quick, unlabeled=False)
+            folder, student_data = f"{folder}-l{labelled}", splits_for(cfg)
+            if row == "scratch":  # and as many steps as they take
+                images = len(splits_for(transfer).transfer_set())
+                cfg.train.epochs = round(cfg.train.epochs * images / len(student_data.train))
         if folder != row:
             cfg.train.output_dir = out / folder
         cfgs[row] = cfg
         target = row_target(cfg, teachers)
-        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), data,
+        records[row] = [run_student(row, cfg.model_copy(update={"seed": s}, deep=True), student_data,
                                     out / folder / f"seed{s}", target) for s in seeds]
     kd = statistics.fmean(r["seconds_per_epoch"] for r in records["kd"]) if "kd" in records else None
     table = {row: summarise(recs, kd) for row, recs in records.items()}
@@ -290,7 +326,10 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
     for row in ENSEMBLE_ROWS:
         if row in cfgs:
             table[f"teacher_{row}"] = {"accuracy_mean": test_accuracy(row_target(cfgs[row], teachers))}
-    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test),
+    transfer = [d for d in datasets.values() if d.unlabeled is not None]
+    labels = {"labelled_samples": len(transfer[0].train), "unlabeled_samples": len(transfer[0].unlabeled)} \
+        if transfer else {}
+    return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test), **labels,
             "ensemble_target": ensemble_target(records)}
 
 
@@ -378,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
                    "(the teachers keep theirs; run folders get an -e<N> suffix)")
     p.add_argument("--student-width", type=cnn_width, default=None, metavar="C1,C2:HIDDEN", help="the Fashion students' CNN "
                    "channels and hidden width instead of the configs' 8,16:64 (run folders get a -c<C1>x<C2>h<H> suffix)")
+    p.add_argument("--labelled", type=int, default=None, metavar="N", help="the Fashion teachers (as many steps as "
+                   "on the whole split) and the scratch student (as many as the distilled ones) train on the first N "
+                   "training images, the distilled students on those and the rest without labels (run folders get "
+                   "an -l<N> suffix)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     p.add_argument("--tables", default="fashion_mnist,mnist", help="which tables to run now")
     p.add_argument("--timing", default=None, help="steps,rounds of the Fashion rows' step timing "
@@ -393,12 +436,15 @@ def main(argv: list[str] | None = None) -> int:
     rows = set(args.rows.split(","))
     info, t0 = machine(), time.perf_counter()
     tables = set(args.tables.split(","))
+    if args.labelled is not None and args.labelled <= 0:
+        p.error(f"--labelled: a positive number of labelled images, got {args.labelled}")
     if tables - {"fashion_mnist", "mnist"}:
         p.error(f"--tables: fashion_mnist and/or mnist, got {args.tables!r}")
     empty = {"table": {}, "train_samples": 0, "test_samples": 0}
     timing = tuple(int(x) for x in (args.timing or ("10,2" if args.quick else "40,7")).split(","))
     timing = timing if timing[0] > 0 else None
-    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs, args.student_width)
+    fashion = (fashion_table(out, rows, seeds, args.quick, args.epochs, timing, args.student_epochs, args.student_width,
+                             args.labelled)
                if "fashion_mnist" in tables else empty)
     mnist = mnist_table(out, rows, seeds, args.quick, args.epochs, args.student_epochs) if "mnist" in tables else empty
     result = {"benchmark": "methods", "quick": args.quick, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -130,3 +130,31 @@ def test_batches_apply_affine_augmentation_per_epoch(small_mnist):
     assert torch.equal(first, next(iter(b))["inputs"])  # same epoch: same draw
     b.set_epoch(1)
     assert not torch.equal(first, next(iter(b))["inputs"])
+
+
+def test_unlabeled_from_train_keeps_the_images_past_the_limit_without_their_labels(tmp_path):
+    from pydantic import ValidationError
+    from safetensors.torch import save_file
+
+    from kdistill.data.core import UNLABELED
+
+    t = {"train_inputs": torch.rand(100, 1, 4, 4), "train_labels": torch.arange(100) % 3,
+         "test_inputs": torch.rand(5, 1, 4, 4), "test_labels": torch.zeros(5, dtype=torch.long)}
+    save_file(t, tmp_path / "d.safetensors")
+    cfg = DataConfig(dataset="tensors", path=tmp_path / "d.safetensors", val_size=0, limit_train=30)
+    labelled, both = build_data(cfg), build_data(cfg.model_copy(update={"unlabeled_from_train": True}))
+    assert labelled.unlabeled is None and labelled.transfer_set() is labelled.train
+    assert torch.equal(both.train.labels, t["train_labels"][:30])
+    assert torch.equal(both.unlabeled.inputs, t["train_inputs"][30:]) and (both.unlabeled.labels == UNLABELED).all()
+    transfer = both.transfer_set()
+    assert torch.equal(transfer.inputs, t["train_inputs"])
+    assert torch.equal(transfer.labels[:30], t["train_labels"][:30]) and (transfer.labels[30:] == UNLABELED).all()
+    assert both.identity != labelled.identity
+    capped = build_data(cfg.model_copy(update={"unlabeled_from_train": True, "limit_unlabeled": 20}))
+    assert torch.equal(capped.unlabeled.inputs, t["train_inputs"][30:50]) and capped.identity != both.identity
+    with pytest.raises(ValidationError, match="limit_unlabeled caps the images of data.unlabeled_from_train"):
+        DataConfig(dataset="tensors", path=tmp_path / "d.safetensors", limit_train=30, limit_unlabeled=5)
+    with pytest.raises(ValidationError, match="set data.limit_train to the number of labelled images"):
+        DataConfig(dataset="tensors", path=tmp_path / "d.safetensors", unlabeled_from_train=True)
+    with pytest.raises(DataError, match=r"limit_train \(100\) keeps all 100 training images"):
+        build_data(cfg.model_copy(update={"unlabeled_from_train": True, "limit_train": 100}))

@@ -109,3 +109,25 @@ def test_a_wrong_tap_path_is_refused_by_the_cli_in_one_line_before_training(file
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "loss.terms[0].student" in lines[0] and "features.5" in lines[0]  # the nearest names
     assert not (tmp_path / "run" / "distilled" / CHECKPOINT).exists()
+
+
+def test_unlabeled_images_join_distillation_only_live_or_cached(files, tmp_path):
+    from kdistill.runs import cache_teacher, train
+
+    cfg = config(files, tmp_path / "live", {"temperature": 4})
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"limit_train": 16, "unlabeled_from_train": True,
+                                                                     "val_size": 0}),
+                                 "train": cfg.train.model_copy(update={"max_steps": None})})
+    steps = lambda result: sum(1 for line in (result.out_dir / METRICS).read_text().splitlines()
+                               if '"step"' in line and '"eval"' not in line)
+    live = distill(cfg)
+    assert steps(live) == 3 and steps(train(cfg, out_dir=tmp_path / "scratch")) == 1  # 16 + 32 images vs 16, by 16
+    summary = json.loads((live.out_dir / "summary.json").read_text())
+    assert (summary["train_samples"], summary["unlabeled_samples"]) == (16, 32)
+    raw = cfg.model_dump(mode="json")
+    cached_cfg = RunConfig.parse({**raw, "teacher": {"kind": "cache", "path": str(tmp_path / "cache"),
+                                                     "model": raw["teacher"]["model"]}})
+    cache_teacher(cached_cfg)
+    cached = distill(cached_cfg, out_dir=tmp_path / "cached")  # the cache holds the unlabelled images' rows too
+    for name, value in live.model.state_dict().items():
+        torch.testing.assert_close(cached.model.state_dict()[name], value, rtol=1e-5, atol=1e-6)

@@ -9,6 +9,14 @@ from pydantic import Field, model_validator
 
 from kdistill.config.base import Strict
 
+def needs_a_cut(data, samples: str):
+    """``unlabeled_from_train`` drops the labels past ``limit_train``, so it needs that limit."""
+    if data.unlabeled_from_train and data.limit_train is None:
+        raise ValueError(f"data.unlabeled_from_train uses the training {samples} past data.limit_train: "
+                         f"set data.limit_train to the number of labelled {samples} to keep")
+    return data
+
+
 class DataConfig(Strict):
     dataset: Literal["mnist", "fashion_mnist", "tensors", "image_folder"] = "mnist"
     path: Optional[Path] = Field(None, description="tensors: a .safetensors file; image_folder: a folder")
@@ -24,11 +32,23 @@ class DataConfig(Strict):
     train_on_val: bool = Field(False, description="train on train+val (and select nothing on val)")
     val_size: int = Field(10000, ge=0, description="held out from train where no val split exists")
     limit_train: Optional[int] = Field(None, gt=0, description="use only the first N training samples")
+    unlabeled_from_train: bool = Field(
+        False, description="the training images past limit_train, labels dropped, join the transfer set "
+                           "(distilling a teacher's labels onto unlabelled images: Bucila et al.'s model "
+                           "compression of an ensemble)")
+    limit_unlabeled: Optional[int] = Field(None, gt=0, description="use only the first N unlabelled images")
     bootstrap_seed: Optional[int] = Field(
         None, description="train on a bootstrap resample of the training split drawn with this seed "
                           "(bagging: ensemble teachers that differ on the training images)")
     image_size: int = Field(32, gt=0, description="image_folder: images are resized to this square")
     grayscale: bool = False
+
+    @model_validator(mode="after")
+    def _unlabeled_needs_a_cut(self):
+        if self.limit_unlabeled is not None and not self.unlabeled_from_train:
+            raise ValueError("data.limit_unlabeled caps the images of data.unlabeled_from_train: set "
+                             "unlabeled_from_train: true, or remove limit_unlabeled")
+        return needs_a_cut(self, "images")
 
 
 class TextDataConfig(Strict):
@@ -63,10 +83,7 @@ class TextDataConfig(Strict):
 
     @model_validator(mode="after")
     def _unlabeled_needs_a_cut(self):
-        if self.unlabeled_from_train and self.limit_train is None:
-            raise ValueError("data.unlabeled_from_train uses the training texts past data.limit_train: "
-                             "set data.limit_train to the number of labelled texts to keep")
-        return self
+        return needs_a_cut(self, "texts")
 
 
 class LMDataConfig(Strict):

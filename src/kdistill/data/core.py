@@ -14,6 +14,9 @@ from kdistill.data.order import EpochBatches
 from kdistill.errors import DataError
 
 
+UNLABELED = -100  # the label of a transfer-set sample without one: cross-entropy's ignore_index skips it
+
+
 @dataclass
 class Split:
     """One split of a classification dataset, held in memory."""
@@ -35,6 +38,9 @@ class Split:
 
     def subset(self, n: int) -> "Split":
         return Split(self.inputs[:n], self.labels[:n], self.name)
+
+    def __add__(self, other: "Split") -> "Split":
+        return Split(torch.cat([self.inputs, other.inputs]), torch.cat([self.labels, other.labels]), self.name)
 
     def bootstrap(self, seed: int) -> "Split":
         """As many samples drawn with replacement (Breiman's bagging): about 63% of them, some
@@ -60,6 +66,7 @@ class DataSplits:
     input_shape: tuple[int, ...]
     class_names: list[str] = field(default_factory=list)
     identity: str = ""  # names the data for teacher caches: dataset, split sizes, transform
+    unlabeled: Split | None = None  # extra training inputs for distillation only (labels UNLABELED)
 
     def __post_init__(self) -> None:
         from kdistill.validate import check_split_shapes
@@ -74,6 +81,11 @@ class DataSplits:
                     f"{split.name} split has label {hi if hi >= self.num_classes else lo}, outside "
                     f"0..{self.num_classes - 1}: fix the labels or the class count"
                 )
+
+    def transfer_set(self) -> Split:
+        """What a student is distilled on: the labelled training samples, then the unlabelled ones
+        (the teacher's soft targets cover both, the hard term only the labelled)."""
+        return self.train if self.unlabeled is None else self.train + self.unlabeled
 
 
 def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

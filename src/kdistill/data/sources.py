@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from kdistill.assets import bundled_path
-from kdistill.data.core import DataSplits, Split
+from kdistill.data.core import UNLABELED, DataSplits, Split
 from kdistill.errors import DataError
 from kdistill.validate import check_split_shapes
 
@@ -178,6 +178,12 @@ def build_data(cfg) -> DataSplits:
             "train",
         )
         splits.val = None
+    if cfg.unlabeled_from_train:  # the images past the limit, labels dropped: distillation's transfer set
+        rest = splits.train.inputs[cfg.limit_train:][:cfg.limit_unlabeled]
+        if not len(rest):
+            raise DataError(f"data.unlabeled_from_train: data.limit_train ({cfg.limit_train}) keeps all "
+                            f"{len(splits.train)} training images, none is left to unlabel: lower data.limit_train")
+        splits.unlabeled = Split(rest, torch.full((len(rest),), UNLABELED), "unlabeled")
     if cfg.limit_train:  # after train_on_val: the limit is on what is trained on
         splits.train = splits.train.subset(cfg.limit_train)
     if cfg.bootstrap_seed is not None:
@@ -186,5 +192,6 @@ def build_data(cfg) -> DataSplits:
         f"{cfg.dataset}:{cfg.path or ''}:train={len(splits.train)}"
         f":limit={cfg.limit_train}:train_on_val={cfg.train_on_val}"
         + (f":bootstrap={cfg.bootstrap_seed}" if cfg.bootstrap_seed is not None else "")
+        + (f":unlabeled={len(splits.unlabeled)}" if splits.unlabeled is not None else "")
     )
     return splits

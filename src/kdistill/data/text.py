@@ -21,11 +21,11 @@ from typing import Iterator
 
 import torch
 
+from kdistill.data.core import UNLABELED
 from kdistill.data.order import EpochBatches, epoch_generator, epoch_order, rank_batches
 from kdistill.errors import DataError
 
 ROTTEN_TOMATOES = "data/rotten_tomatoes_corpus_full.csv.bz2"
-UNLABELED = -100  # the label of a transfer-set text: cross-entropy's ignore_index skips it
 
 
 @dataclass

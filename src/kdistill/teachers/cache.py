@@ -233,7 +233,7 @@ class CachedTeacher(TeacherSource):
 # ---------------------------------------------------------------- from a run config
 def _expected(cfg, data) -> dict:
     t = cfg.teacher
-    expected = {"dataset": data.identity, "train_sha256": train_fingerprint(data.train),
+    expected = {"dataset": data.identity, "train_sha256": train_fingerprint(data.transfer_set()),
                 "transform": input_transform(cfg.data), "format": t.format, "dtype": t.dtype, "k": t.k}
     if t.model is not None:
         expected["teacher_model"] = t.model.model_dump(mode="json")
@@ -256,14 +256,15 @@ def _cache_config(cfg):
 
 def cache_teacher(cfg, data, model) -> CachedTeacher:
     """Write the cache that ``cfg.teacher`` (kind ``cache``) names, running ``model`` (the
-    config's teacher.model, built by the run's recipe) over ``data``'s training split."""
+    config's teacher.model, built by the run's recipe) over ``data``'s transfer set (the training
+    split, then any unlabelled samples)."""
     from kdistill.teachers.live import LiveTeacher
 
     t = _cache_config(cfg)
     _refuse_augmentation(cfg)
     live = LiveTeacher(model, num_outputs=data.num_classes, device=cfg.train.device)
     expected = _expected(cfg, data)
-    write_cache(live, data.train, t.path, format=t.format, dtype=t.dtype, k=t.k,
+    write_cache(live, data.transfer_set(), t.path, format=t.format, dtype=t.dtype, k=t.k,
                 batch_size=cfg.data.eval_batch_size, dataset=data.identity,
                 transform=expected["transform"], extra={"teacher_model": expected.get("teacher_model")})
     return CachedTeacher(t.path, device=cfg.train.device, verify_checksum=False)

@@ -106,7 +106,7 @@ class ClassificationRecipe(Recipe):
             spec = cfg.teacher.model if role == "teacher" else cfg.student
             student = self._model(spec.model_copy(update={"weights": None}) if role == "teacher" else spec, data)
         d = cfg.data
-        train = Batches(data.train, d.batch_size, shuffle=True, seed=cfg.seed, augment=d.augment,
+        train = Batches(data.transfer_set() if role == "distilled" else data.train, d.batch_size, shuffle=True, seed=cfg.seed, augment=d.augment,
                         jitter_pixels=d.jitter_pixels, affine=(d.affine_degrees, d.affine_scale),
                         rank=ctx.rank, world_size=ctx.world_size, fingerprints=role == "distilled")
         val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
@@ -131,8 +131,10 @@ class ClassificationRecipe(Recipe):
             objective.close()  # the saved and returned student carries no hooks
             return unwrap(model)
 
+        notes = {"train_samples": len(data.train), "unlabeled_samples": len(data.unlabeled)} \
+            if data.unlabeled is not None else {}
         return Plan(model, task, train, val, objective, teacher=source, num_outputs=data.num_classes,
-                    exported=exported)
+                    exported=exported, notes=notes)
 
     def save(self, model, out_dir, data) -> None:
         save_state(model, Path(out_dir) / WEIGHTS)
