@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from kdistill.config.base import Strict
 
+
 def needs_a_cut(data, samples: str):
     """``unlabeled_from_train`` drops the labels past ``limit_train``, so it needs that limit."""
     if data.unlabeled_from_train and data.limit_train is None:

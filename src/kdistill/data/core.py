@@ -57,8 +57,17 @@ class Split:
         return cached[1]
 
 
+class TransferSet:
+    """Splits that may hold unlabelled training samples (``unlabeled``) beside ``train``."""
+
+    def transfer_set(self):
+        """What a student is distilled on: the labelled training samples, then the unlabelled ones
+        (the teacher's soft targets cover both, the hard term only the labelled)."""
+        return self.train if self.unlabeled is None else self.train + self.unlabeled
+
+
 @dataclass
-class DataSplits:
+class DataSplits(TransferSet):
     train: Split
     val: Split | None
     test: Split
@@ -81,11 +90,6 @@ class DataSplits:
                     f"{split.name} split has label {hi if hi >= self.num_classes else lo}, outside "
                     f"0..{self.num_classes - 1}: fix the labels or the class count"
                 )
-
-    def transfer_set(self) -> Split:
-        """What a student is distilled on: the labelled training samples, then the unlabelled ones
-        (the teacher's soft targets cover both, the hard term only the labelled)."""
-        return self.train if self.unlabeled is None else self.train + self.unlabeled
 
 
 def jitter(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:

@@ -21,7 +21,7 @@ from typing import Iterator
 
 import torch
 
-from kdistill.data.core import UNLABELED
+from kdistill.data.core import UNLABELED, TransferSet
 from kdistill.data.order import EpochBatches, epoch_generator, epoch_order, rank_batches
 from kdistill.errors import DataError
 
@@ -52,7 +52,7 @@ class TextSplit:
 
 
 @dataclass
-class TextSplits:
+class TextSplits(TransferSet):
     train: TextSplit
     val: TextSplit | None
     test: TextSplit
@@ -66,11 +66,6 @@ class TextSplits:
 
     def splits(self) -> list[TextSplit]:
         return [s for s in (self.train, self.val, self.test, self.unlabeled) if s is not None]
-
-    def transfer_set(self) -> TextSplit:
-        """What a student is distilled on: the labelled training texts, then the unlabelled ones
-        (the teacher's soft targets cover both, the hard term only the labelled)."""
-        return self.train if self.unlabeled is None else self.train + self.unlabeled
 
 
 # ---------------------------------------------------------------- reading

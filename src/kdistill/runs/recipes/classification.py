@@ -106,7 +106,8 @@ class ClassificationRecipe(Recipe):
             spec = cfg.teacher.model if role == "teacher" else cfg.student
             student = self._model(spec.model_copy(update={"weights": None}) if role == "teacher" else spec, data)
         d = cfg.data
-        train = Batches(data.transfer_set() if role == "distilled" else data.train, d.batch_size, shuffle=True, seed=cfg.seed, augment=d.augment,
+        split = data.transfer_set() if role == "distilled" else data.train  # only a student has a teacher to label
+        train = Batches(split, d.batch_size, shuffle=True, seed=cfg.seed, augment=d.augment,
                         jitter_pixels=d.jitter_pixels, affine=(d.affine_degrees, d.affine_scale),
                         rank=ctx.rank, world_size=ctx.world_size, fingerprints=role == "distilled")
         val = Batches(data.val, d.eval_batch_size) if data.val is not None else None
