@@ -6,7 +6,8 @@ and optimiser (the configs ``configs/methods_*.yaml``, which run the same with `
 distill``): scratch, KD, each feature method (FitNets hints, attention transfer, RKD, PKT), DKD,
 DIST, logit standardisation, KD + the best feature method, 3-teacher ensembles (teachers of
 seeds 0, 1, 2: the mean of their probabilities, and of their logits; and bagged teachers, each
-trained on a bootstrap resample of the training split), KD from each single teacher (the best of
+trained on a bootstrap resample of the training split; and seed 0 trained without augmentation,
+with shifts and with rotations / scaling), KD from each single teacher (the best of
 them is what an ensemble must beat), and the temperature strategies (constant T = 4 = the KD
 row, cosine 20 -> 2, per-sample, learned). Per row: last-epoch
 test accuracy mean ± std over the seeds (nothing is selected on the test set), agreement with
@@ -51,19 +52,24 @@ from kdistill.teachers import combine_logits
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = "result.json"
 TEACHER_SEEDS = (0, 1, 2)
-# The teachers' folders under --out: the same config of each seed, on the whole training split and
-# on a bootstrap resample of it (data.bootstrap_seed = the seed: bagging)
-TEACHER_FOLDERS = {f"teacher-{kind}seed{s}": (s, kind == "bagged-") for kind in ("", "bagged-") for s in TEACHER_SEEDS}
+# The teachers' folders under --out -> (seed, bagged, augmentation): the same config of each seed, on the
+# whole training split and on a bootstrap resample of it (data.bootstrap_seed = the seed: bagging),
+# and seed 0 trained on shifted / rotated and scaled views (data.augment)
+TEACHER_FOLDERS = {**{f"teacher-{kind}seed{s}": (s, kind == "bagged-", "none")
+                      for kind in ("", "bagged-") for s in TEACHER_SEEDS},
+                   **{f"teacher-{aug}-seed0": (0, False, aug) for aug in ("jitter", "affine")}}
 # Fashion-MNIST rows: name -> config file (configs/methods_<file>.yaml); "kd_best" is built from the best feature row,
 # "kd_teacher<N>" / "kd_bagged" are KD from one other teacher (the candidates for the best single-teacher student)
 FASHION_ROWS = {"scratch": "kd", "kd": "kd", "hint": "hint", "attention": "attention", "rkd": "rkd", "pkt": "pkt",
                 "dkd": "dkd", "dist": "dist", "standardize": "standardize", "kd_best": None, "ensemble": "ensemble",
                 "ensemble_logits": "ensemble", "ensemble_bagged": "ensemble_bagged",
-                "kd_teacher1": "kd", "kd_teacher2": "kd", "kd_bagged": "kd",
+                "ensemble_augment": "ensemble_augment",
+                "kd_teacher1": "kd", "kd_teacher2": "kd", "kd_bagged": "kd", "kd_jitter": "kd", "kd_affine": "kd",
                 "cosine_t": "cosine_t", "per_sample_t": "per_sample_t", "learned_t": "learned_t"}
 SINGLE_TEACHER_KD = {"kd": "teacher-seed0", "kd_teacher1": "teacher-seed1", "kd_teacher2": "teacher-seed2",
-                     "kd_bagged": "teacher-bagged-seed0"}
-ENSEMBLE_ROWS = ("ensemble", "ensemble_logits", "ensemble_bagged")
+                     "kd_bagged": "teacher-bagged-seed0", "kd_jitter": "teacher-jitter-seed0",
+                     "kd_affine": "teacher-affine-seed0"}
+ENSEMBLE_ROWS = ("ensemble", "ensemble_logits", "ensemble_bagged", "ensemble_augment")
 FEATURE_ROWS = ("hint", "attention", "rkd", "pkt")
 # MNIST: the bundled CNN's penultimate ReLU (classifier.1, 128 wide) and the MLP's hidden ReLU (net.2)
 MNIST_LOSSES = {
@@ -177,8 +183,9 @@ def fashion_teachers(out: Path, data, quick: bool, epochs: int | None, folders: 
             base.train.epochs = round(base.train.epochs * len(data.train) / labelled)
     found = {}
     for folder in sorted(folders):
-        seed, bagged = TEACHER_FOLDERS[folder]
+        seed, bagged, augment = TEACHER_FOLDERS[folder]
         cfg = base.model_copy(update={"seed": seed}, deep=True)
+        cfg.data.augment = augment
         cfg.train.output_dir = out / (f"{folder}-l{labelled}" if labelled else folder)
         if bagged:
             cfg.data.bootstrap_seed = seed
