@@ -333,9 +333,9 @@ def fashion_table(out: Path, rows: set[str], seeds: list[int], quick: bool, epoc
     for row in ENSEMBLE_ROWS:
         if row in cfgs:
             table[f"teacher_{row}"] = {"accuracy_mean": test_accuracy(row_target(cfgs[row], teachers))}
-    transfer = [d for d in datasets.values() if d.unlabeled is not None]
-    labels = {"labelled_samples": len(transfer[0].train), "unlabeled_samples": len(transfer[0].unlabeled)} \
-        if transfer else {}
+    with_unlabeled = [d for d in datasets.values() if d.unlabeled is not None]
+    labels = {"labelled_samples": len(with_unlabeled[0].train), "unlabeled_samples": len(with_unlabeled[0].unlabeled)} \
+        if with_unlabeled else {}
     return {"table": table, "train_samples": len(data.train), "test_samples": len(data.test), **labels,
             "ensemble_target": ensemble_target(records)}
 
