@@ -226,7 +226,7 @@ def main() -> None:
     teacher_row = make_task(config(args.out, dataset, "forward_kl", 0, args), vocab,
                             reference).evaluate(teacher_model, LMBatches(data.val, 8))
     record = {}
-    out = ROOT / "bench" / "results" / "llm_kd.json"
+    out = ROOT / "bench" / "results" / ("llm_kd_quick.json" if args.quick else "llm_kd.json")
     if out.is_file() and args.part != "all":
         record = json.loads(out.read_text())  # the other part's figures
     speeds = record.get("speed", {})

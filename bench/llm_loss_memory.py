@@ -182,7 +182,7 @@ def main() -> None:
                     "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "threads": torch.get_num_threads(), "load_average": os.getloadavg()},
     }
-    out = ROOT / "bench" / "results" / "llm_loss_memory.json"
+    out = ROOT / "bench" / "results" / ("llm_loss_memory_quick.json" if args.quick else "llm_loss_memory.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out.relative_to(ROOT)}")

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the small-run helpers the fault tests use
 from scale_helpers import cli, weights, write_config, write_teacher  # noqa: E402
 
-from kdistill.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from kdistill.checkpoint import load_checkpoint  # noqa: E402
 from kdistill.config import RunConfig  # noqa: E402
 from kdistill.data.sources import splits_from_tensors  # noqa: E402
 from kdistill.errors import KDistillError  # noqa: E402
@@ -238,9 +238,10 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true",
                     help="fewer samples, one round: same code path (a few minutes on a busy 2-core "
                     "machine, mostly process start-up)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/scale[_quick].json")
     ap.add_argument("--work", type=Path, default=ROOT / "runs" / "bench_scale")
     a = ap.parse_args()
+    a.out = a.out or ROOT / "bench" / "results" / ("scale_quick.json" if a.quick else "scale.json")
     limit, rounds = (2000, 1) if a.quick else (6000, 2)
     import shutil
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-OUT = Path(__file__).parent / "results" / "server_teacher.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 TOPICS = ["the sea", "a city at night", "bread", "rain", "mountains", "a library", "trains", "winter",
           "a garden", "the moon", "coffee", "music", "a river", "snow", "bicycles", "the desert"]
 
@@ -121,8 +121,9 @@ def main() -> None:
     ap.add_argument("--hf-batch", type=int, default=8)
     ap.add_argument("--top-k", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2, help="torch threads in process and llama.cpp threads")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/server_teacher[_quick].json")
     args = ap.parse_args()
+    args.out = args.out or RESULTS_DIR / ("server_teacher_quick.json" if args.quick else "server_teacher.json")
     from kdistill.config import HFCausalLMSpec
     from kdistill.models.hf import load_causal_lm, load_tokenizer, resolve_source
     from server_helpers import llama_server

@@ -55,7 +55,7 @@ from kdistill.teachers import CachedTeacher, LiveTeacher, write_cache
 BATCH = 128
 TEMPERATURE, SOFT, HARD, LR = 4.0, 0.7, 0.3, 0.01
 TOPK = 3
-OUT = Path(__file__).parent / "results" / "step_speed.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 
 
 def make_pairs() -> dict:
@@ -246,9 +246,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=None)
     ap.add_argument("--steps", type=int, default=None, help="steps per variant per round")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, default=None, help="default bench/results/step_speed[_quick].json")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (see the notes above)")
     args = ap.parse_args()
+    args.out = args.out or RESULTS_DIR / ("step_speed_quick.json" if args.quick else "step_speed.json")
     torch.set_num_threads(args.threads)
     rounds = args.rounds or (5 if args.quick else 25)
     steps = args.steps or (4 if args.quick else 10)
